@@ -1,0 +1,41 @@
+# Dockyard: `make up` runs it on this machine, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+INSTALLED = $(VENV)/.installed
+ASSETS    = hub/web/static/vendor/.installed
+
+.PHONY: up test lint install assets images clean
+
+up: install
+	$(BIN)/dockyard up
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+install: $(INSTALLED) $(ASSETS)
+
+$(INSTALLED): pyproject.toml images/client/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]' -e images/client
+	touch $@
+
+# The proxy and the front-end assets come from the npm registry into the project
+# (never global, never a CDN at run time).
+$(ASSETS): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p hub/web/static/vendor
+	cp node_modules/bootstrap/dist/css/bootstrap.min.css \
+	   node_modules/bootstrap/dist/js/bootstrap.bundle.min.js \
+	   node_modules/htmx.org/dist/htmx.min.js hub/web/static/vendor/
+	touch $@
+
+images: install
+	$(BIN)/dockyard images build
+
+clean:
+	rm -rf $(VENV) node_modules hub/web/static/vendor

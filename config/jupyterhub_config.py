@@ -1,0 +1,20 @@
+"""JupyterHub configuration for Dockyard.
+
+Every value comes from Dockyard's settings (``hub/settings.py``); nothing is read from the
+environment here directly, except what ``dockyard up`` resolved for us (the runtime
+choice) and passes on as settings.
+"""
+
+# ruff: noqa: F821  (``c`` is provided by JupyterHub when it loads this file)
+import os
+import sys
+from pathlib import Path
+
+from hub.choices import choose_runtime
+from hub.hubconfig import configure_hub
+from hub.settings import load_settings
+
+settings = load_settings()
+runtime = choose_runtime(settings)
+configure_hub(c, settings, runtime, python=sys.executable, repo=Path(__file__).resolve().parent.parent,
+              environ=dict(os.environ))

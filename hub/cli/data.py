@@ -1,0 +1,3 @@
+"""`dockyard data …` commands."""
+
+from __future__ import annotations

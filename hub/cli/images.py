@@ -1,0 +1,3 @@
+"""`dockyard images …` commands."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""`dockyard jobs …` commands."""
+
+from __future__ import annotations

@@ -1,0 +1,112 @@
+"""How Dockyard configures JupyterHub: login, services, roles, spawner, templates.
+
+Kept as a function of the settings (rather than inline in jupyterhub_config.py) so that
+tests can inspect the resulting configuration without starting a hub.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from hub.choices import RuntimeChoice
+from hub.settings import ENV_PREFIX, Settings
+
+SERVICE_NAME = "dockyard"
+# Variables a hub-managed service needs besides Dockyard's own settings.
+_PASS_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "DOCKER_HOST", "DOCKER_TLS_VERIFY",
+                 "DOCKER_CERT_PATH", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                 "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
+                 "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+
+
+def proxy_command(repo: Path) -> list[str]:
+    local = repo / "node_modules" / ".bin" / "configurable-http-proxy"
+    if local.exists():
+        return [str(local)]
+    found = shutil.which("configurable-http-proxy")
+    return [found] if found else [str(local)]
+
+
+def service_environment(settings: Settings, runtime: RuntimeChoice,
+                        environ: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in environ.items() if k.startswith(ENV_PREFIX) or k in _PASS_THROUGH}
+    env.pop(f"{ENV_PREFIX}ADMIN_PASSWORD", None)  # services never need it
+    env[f"{ENV_PREFIX}HOME"] = str(settings.home)
+    env[f"{ENV_PREFIX}SPAWNER"] = runtime.spawner
+    env[f"{ENV_PREFIX}JOB_BACKEND"] = runtime.job_backend
+    return env
+
+
+def configure_hub(c: Any, settings: Settings, runtime: RuntimeChoice, *, python: str,
+                  repo: Path, environ: dict[str, str]) -> None:
+    home = settings.home
+    c.JupyterHub.ip = settings.ip
+    c.JupyterHub.port = settings.port
+    c.JupyterHub.hub_port = settings.hub_port
+    c.JupyterHub.db_url = settings.hub_db_url
+    c.JupyterHub.cookie_secret_file = str(home / "jupyterhub_cookie_secret")
+    c.JupyterHub.pid_file = str(home / "jupyterhub.pid")
+    c.JupyterHub.log_level = settings.log_level
+    c.JupyterHub.template_paths = [str(repo / "config" / "templates")]
+    c.JupyterHub.cleanup_servers = False  # notebook containers outlive a hub restart
+    # Land on the home page after login (notebooks, jobs and data are equals here)
+    # instead of starting a server nobody asked for.
+    c.JupyterHub.redirect_to_server = False
+    c.ConfigurableHTTPProxy.command = proxy_command(repo)
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
+    c.ConfigurableHTTPProxy.pid_file = str(home / "jupyterhub-proxy.pid")
+    c.ConfigurableHTTPProxy.debug = False
+
+    # -- login ---------------------------------------------------------------------
+    c.JupyterHub.authenticator_class = "hub.jupyterhub.auth.DockyardAuthenticator"
+    c.Authenticator.admin_users = {settings.admin_user}
+    c.Authenticator.allow_all = True  # NativeAuthenticator's approval decides who logs in
+    c.NativeAuthenticator.open_signup = settings.open_signup
+    c.NativeAuthenticator.check_common_password = True
+    c.NativeAuthenticator.minimum_password_length = 8
+    if settings.admin_password is not None:
+        c.DockyardAuthenticator.initial_admin_password = settings.admin_password.get_secret_value()
+    c.DockyardAuthenticator.admin_marker_file = str(home / "admin-created")
+
+    # -- Dockyard's services ---------------------------------------------------------
+    env = service_environment(settings, runtime, environ)
+    dockyard = [python, "-m", "hub.cli"]
+    c.JupyterHub.services = [
+        {
+            "name": SERVICE_NAME,
+            "display": True,
+            "url": f"http://127.0.0.1:{settings.web_port}",
+            "command": [*dockyard, "web"],
+            "environment": env,
+            "oauth_no_confirm": True,
+        },
+        {
+            "name": "dockyard-worker",
+            "display": False,
+            "command": [*dockyard, "worker"],
+            "environment": env,
+        },
+        {
+            "name": "idle-culler",
+            "display": False,
+            "command": [python, "-m", "jupyterhub_idle_culler",
+                        f"--timeout={settings.idle_timeout}"],
+        },
+    ]
+    c.JupyterHub.load_roles = [
+        # Every user may open Dockyard's pages and call its API with their own token.
+        {"name": "user", "scopes": ["self", f"access:services!service={SERVICE_NAME}"]},
+        # Least privilege for the culler: see activity, stop servers, nothing else.
+        {
+            "name": "idle-culler",
+            "services": ["idle-culler"],
+            "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+        },
+    ]
+
+    # -- notebooks -------------------------------------------------------------------
+    from spawner.notebook import configure_spawner
+
+    configure_spawner(c, settings, runtime, python=python, environ=environ)

@@ -1,0 +1,1 @@
+"""Dockyard's pieces that run inside JupyterHub: the authenticator and hub-side hooks."""

@@ -1,0 +1,37 @@
+"""Dockyard's own tables (JupyterHub keeps its own database)."""
+
+from hub.models.base import Base, utcnow
+from hub.models.catalog import (
+    Batch,
+    BatchRead,
+    BatchState,
+    DataTable,
+    Namespace,
+    PartitionPointer,
+    PointerAction,
+    PointerHistory,
+)
+from hub.models.images import Image, ImageEvent, ImageStatus
+from hub.models.jobs import FINAL_STATES, JobDefinition, Run, RunEvent, RunState, RunTag
+
+__all__ = [
+    "FINAL_STATES",
+    "Base",
+    "Batch",
+    "BatchRead",
+    "BatchState",
+    "DataTable",
+    "Image",
+    "ImageEvent",
+    "ImageStatus",
+    "JobDefinition",
+    "Namespace",
+    "PartitionPointer",
+    "PointerAction",
+    "PointerHistory",
+    "Run",
+    "RunEvent",
+    "RunState",
+    "RunTag",
+    "utcnow",
+]

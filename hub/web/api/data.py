@@ -1,0 +1,3 @@
+"""REST API: data."""
+
+from __future__ import annotations

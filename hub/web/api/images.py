@@ -1,0 +1,3 @@
+"""REST API: images."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""REST API: jobs."""
+
+from __future__ import annotations

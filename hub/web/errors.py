@@ -1,0 +1,77 @@
+"""One handler per kind of error: JSON under the API, a friendly page elsewhere."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
+from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error with a status, a short name and a detail a person can act on."""
+
+    def __init__(self, status: int, error: str, detail: Any = None) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+def wants_json() -> bool:
+    return "/api/" in request.path or request.accept_mimetypes.best == "application/json"
+
+
+def _respond(status: int, error: str, detail: Any) -> Any:
+    if wants_json():
+        return jsonify({"error": error, "detail": detail}), status
+    return render_template("error.html", status=status, error=error, detail=detail), status
+
+
+def validation_detail(exc: ValidationError) -> list[dict[str, Any]]:
+    """Field-level messages: which field, what is wrong."""
+    return [
+        {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]}
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def init_errors(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Any:
+        return _respond(exc.status, exc.error, exc.detail)
+
+    @app.errorhandler(ValidationError)
+    def _validation(exc: ValidationError) -> Any:
+        return _respond(422, "Invalid input", validation_detail(exc))
+
+    @app.errorhandler(CSRFError)
+    def _csrf(exc: CSRFError) -> Any:
+        return _respond(
+            400, "Missing or stale form token", "Reload the page and submit again."
+        )
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Any:
+        detail = exc.description
+        if exc.code == 404 and detail and detail.startswith("The requested URL"):
+            detail = "Nothing here, or it belongs to someone else."
+        return _respond(exc.code or 500, exc.name, detail)
+
+    @app.errorhandler(OperationalError)
+    def _database_down(exc: OperationalError) -> Any:
+        log.error("Database unavailable: %s", exc.orig)
+        return _respond(503, "Database unavailable", "Dockyard cannot reach its database; "
+                        "try again shortly. Nothing you submitted was saved.")
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Any:
+        log.exception("Unhandled error on %s %s", request.method, request.path)
+        return _respond(500, "Internal error", "Something went wrong on our side; "
+                        "the administrators can find the details in the web service log.")

@@ -1,0 +1,39 @@
+"""Serve the web app with gunicorn (threads, so live views don't block each other)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from hub.settings import Settings
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    def __init__(self, app: Any, options: dict[str, Any]) -> None:
+        self._app = app
+        self._options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return self._app
+
+
+def serve(settings: Settings, *, bind: str, port: int, threads: int = 8) -> None:
+    from hub.web import mounted_app
+
+    options = {
+        "bind": f"{bind}:{port}",
+        "workers": 1,
+        "worker_class": "gthread",
+        "threads": threads,
+        "timeout": 120,
+        "graceful_timeout": 5,
+        "accesslog": "-",
+        "loglevel": settings.log_level.lower(),
+    }
+    _Gunicorn(mounted_app(settings), options).run()

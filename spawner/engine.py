@@ -1,0 +1,53 @@
+"""Is there a Docker engine to use? Answered once at start-up, with a reason to print."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import docker
+from docker.errors import DockerException, ImageNotFound
+
+
+@dataclass(frozen=True)
+class EngineCheck:
+    available: bool
+    reason: str
+    version: str = ""
+    swarm_active: bool = False
+
+
+def docker_client(timeout: int = 60) -> docker.DockerClient:
+    """A client for the engine named by the standard DOCKER_HOST / DOCKER_* variables."""
+    return docker.from_env(timeout=timeout)
+
+
+def check_docker(timeout: int = 3) -> EngineCheck:
+    where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    try:
+        client = docker_client(timeout=timeout)
+        try:
+            info = client.info()
+            version = client.version().get("Version", "?")
+        finally:
+            client.close()
+    except (DockerException, OSError) as exc:
+        return EngineCheck(False, f"no Docker engine answered at {where} ({_short(exc)})")
+    swarm = info.get("Swarm", {}).get("LocalNodeState") == "active"
+    return EngineCheck(True, f"Docker engine {version} at {where}", version, swarm)
+
+
+def image_present(reference: str, timeout: int = 5) -> bool:
+    client = docker_client(timeout=timeout)
+    try:
+        client.images.get(reference)
+        return True
+    except ImageNotFound:
+        return False
+    finally:
+        client.close()
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) < 160 else text[:157] + "..."

@@ -1,0 +1,156 @@
+"""Start a real Dockyard (``dockyard up``: JupyterHub, proxy, web service, worker) for
+tests, on free ports with its own home directory, and talk to it over HTTP."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from tests.support.ports import free_ports
+
+ADMIN_PASSWORD = "dockyard-admin-pass-7"
+_XSRF_INPUT = re.compile(r'name="_xsrf"[^>]*value="([^"]+)"')
+_CSRF_META = re.compile(r'name="csrf-token" content="([^"]+)"')
+
+
+@dataclass
+class RunningHub:
+    home: Path
+    env: dict[str, str]
+    url: str = ""
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(default_factory=Path)
+    admin: str = "admin"
+    admin_password: str = ADMIN_PASSWORD
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self, timeout: float = 120) -> None:
+        self.log_path = self.home / "up.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's life
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "hub.cli", "up"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"dockyard up exited {self.process.returncode}:\n{self.log_tail()}")
+            if self._answers("/hub/login") and self._answers("/services/dockyard/health"):
+                return
+            time.sleep(0.3)
+        raise TimeoutError(f"Dockyard did not come up in {timeout}s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGINT)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def _answers(self, path: str) -> bool:
+        try:
+            return requests.get(self.url + path, timeout=2, allow_redirects=False).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    # -- users -----------------------------------------------------------------------
+    def login(self, username: str | None = None, password: str | None = None) -> requests.Session:
+        """A browser-like session logged in through the real login form (XSRF included)."""
+        username = username or self.admin
+        password = password or self.admin_password
+        session = requests.Session()
+        response = self.post_login(session, username, password)
+        if "/hub/login" in response.url:
+            raise AssertionError(f"login as {username} failed: {response.status_code}")
+        return session
+
+    def post_login(self, session: requests.Session, username: str, password: str) -> requests.Response:
+        page = session.get(self.url + "/hub/login", timeout=10)
+        page.raise_for_status()
+        match = _XSRF_INPUT.search(page.text)
+        data = {"username": username, "password": password}
+        if match:
+            data["_xsrf"] = match.group(1)
+        return session.post(self.url + "/hub/login", data=data, timeout=30)
+
+    def create_user(self, username: str, password: str = "user-pass-2024!") -> requests.Session:
+        """Sign up through NativeAuthenticator's form, approve as admin, log in."""
+        anon = requests.Session()
+        anon.get(self.url + "/hub/signup", timeout=10)
+        data = {"username": username, "signup_password": password,
+                "signup_password_confirmation": password}
+        xsrf = anon.cookies.get("_xsrf")
+        if xsrf:
+            data["_xsrf"] = xsrf
+        anon.post(self.url + "/hub/signup", data=data, timeout=30).raise_for_status()
+        admin = self.login()
+        admin.get(f"{self.url}/hub/authorize/{username}", timeout=30).raise_for_status()
+        return self.login(username, password)
+
+    def hub_token(self, session: requests.Session, username: str) -> str:
+        """A JupyterHub API token for ``username``, made through the hub's REST API."""
+        response = session.post(
+            f"{self.url}/hub/api/users/{username}/tokens",
+            json={"note": "tests"},
+            headers={"X-XSRFToken": session.cookies.get("_xsrf", "")},
+            timeout=30,
+        )
+        response.raise_for_status()
+        return response.json()["token"]
+
+    def service(self, path: str = "") -> str:
+        return f"{self.url}/services/dockyard/{path.lstrip('/')}"
+
+    @staticmethod
+    def csrf_token(page_html: str) -> str:
+        match = _CSRF_META.search(page_html)
+        assert match, "page has no csrf-token meta tag"
+        return match.group(1)
+
+
+def hub_environment(home: Path, **overrides: str) -> dict[str, str]:
+    port, hub_port, web_port, proxy_api_port = free_ports(4)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
+    env.update(
+        DOCKYARD_HOME=str(home),
+        DOCKYARD_PORT=str(port),
+        DOCKYARD_HUB_PORT=str(hub_port),
+        DOCKYARD_WEB_PORT=str(web_port),
+        DOCKYARD_PROXY_API_PORT=str(proxy_api_port),
+        DOCKYARD_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        DOCKYARD_SPAWNER="local",
+        DOCKYARD_JOB_BACKEND="local",
+        DOCKYARD_WORKER_POLL_SECONDS="0.2",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(overrides)
+    return env
+
+
+def start_hub(home: Path, **overrides: str) -> RunningHub:
+    home.mkdir(parents=True, exist_ok=True)
+    env = hub_environment(home, **overrides)
+    hub = RunningHub(home=home, env=env, url=f"http://127.0.0.1:{env['DOCKYARD_PORT']}")
+    hub.start()
+    return hub
