@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 INSTALLED = $(VENV)/.installed
 ASSETS    = hub/web/static/vendor/.installed
 
-.PHONY: up test lint install assets images clean
+.PHONY: up test lint install assets images clean docs
 
 up: install
 	$(BIN)/dockyard up
@@ -39,3 +39,7 @@ images: install
 
 clean:
 	rm -rf $(VENV) node_modules hub/web/static/vendor
+
+# Regenerate the README's configuration table from hub/settings.py.
+docs: install
+	$(BIN)/python -c "import re, pathlib; from hub.settings import markdown_table; p = pathlib.Path('README.md'); s = p.read_text(); p.write_text(re.sub(r'(<!-- settings:start -->\n).*?(<!-- settings:end -->)', lambda m: m.group(1) + markdown_table() + '\n' + m.group(2), s, flags=re.S))"

@@ -16,5 +16,11 @@ from hub.settings import load_settings
 
 settings = load_settings()
 runtime = choose_runtime(settings)
-configure_hub(c, settings, runtime, python=sys.executable, repo=Path(__file__).resolve().parent.parent,
-              environ=dict(os.environ))
+configure_hub(
+    c,
+    settings,
+    runtime,
+    python=sys.executable,
+    repo=Path(__file__).resolve().parent.parent,
+    environ=dict(os.environ),
+)

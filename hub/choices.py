@@ -18,7 +18,8 @@ class RuntimeChoice:
 
 def choose_runtime(settings: Settings, engine: EngineCheck | None = None) -> RuntimeChoice:
     needs_engine = "auto" in (settings.spawner, settings.job_backend) or {
-        settings.spawner, settings.job_backend
+        settings.spawner,
+        settings.job_backend,
     } & {"docker", "swarm"}
     engine = engine or (check_docker() if needs_engine else EngineCheck(False, "not checked"))
     notes: list[str] = []
@@ -27,17 +28,21 @@ def choose_runtime(settings: Settings, engine: EngineCheck | None = None) -> Run
     if spawner == "auto":
         if not engine.available:
             spawner = "local"
-            notes.append(f"Notebooks: local processes, development mode without isolation: "
-                         f"{engine.reason}.")
+            notes.append(
+                f"Notebooks: local processes, development mode without isolation: {engine.reason}."
+            )
         elif not image_present(settings.notebook_image):
             spawner = "local"
-            notes.append(f"Notebooks: local processes, development mode without isolation: "
-                         f"image {settings.notebook_image} is not on the {engine.reason} "
-                         f"(build it with 'dockyard images build' or set DOCKYARD_NOTEBOOK_IMAGE).")
+            notes.append(
+                f"Notebooks: local processes, development mode without isolation: "
+                f"image {settings.notebook_image} is not on the {engine.reason} "
+                f"(build it with 'dockyard images build' or set DOCKYARD_NOTEBOOK_IMAGE)."
+            )
         else:
             spawner = "docker"
-            notes.append(f"Notebooks: containers from {settings.notebook_image} on the "
-                         f"{engine.reason}.")
+            notes.append(
+                f"Notebooks: containers from {settings.notebook_image} on the {engine.reason}."
+            )
     else:
         notes.append(f"Notebooks: {spawner} (DOCKYARD_SPAWNER={spawner}).")
 
@@ -47,8 +52,9 @@ def choose_runtime(settings: Settings, engine: EngineCheck | None = None) -> Run
         if engine.available:
             notes.append(f"Jobs: containers on the {engine.reason}.")
         else:
-            notes.append(f"Jobs: local processes, development mode without isolation: "
-                         f"{engine.reason}.")
+            notes.append(
+                f"Jobs: local processes, development mode without isolation: {engine.reason}."
+            )
     else:
         notes.append(f"Jobs: {job_backend} (DOCKYARD_JOB_BACKEND={job_backend}).")
     return RuntimeChoice(spawner, job_backend, settings.notebook_image, tuple(notes))

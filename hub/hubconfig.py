@@ -15,10 +15,23 @@ from hub.settings import ENV_PREFIX, Settings
 
 SERVICE_NAME = "dockyard"
 # Variables a hub-managed service needs besides Dockyard's own settings.
-_PASS_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "DOCKER_HOST", "DOCKER_TLS_VERIFY",
-                 "DOCKER_CERT_PATH", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                 "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
-                 "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+_PASS_THROUGH = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "DOCKER_HOST",
+    "DOCKER_TLS_VERIFY",
+    "DOCKER_CERT_PATH",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+)
 
 
 def proxy_command(repo: Path) -> list[str]:
@@ -29,8 +42,9 @@ def proxy_command(repo: Path) -> list[str]:
     return [found] if found else [str(local)]
 
 
-def service_environment(settings: Settings, runtime: RuntimeChoice,
-                        environ: dict[str, str]) -> dict[str, str]:
+def service_environment(
+    settings: Settings, runtime: RuntimeChoice, environ: dict[str, str]
+) -> dict[str, str]:
     env = {k: v for k, v in environ.items() if k.startswith(ENV_PREFIX) or k in _PASS_THROUGH}
     env.pop(f"{ENV_PREFIX}ADMIN_PASSWORD", None)  # services never need it
     env[f"{ENV_PREFIX}HOME"] = str(settings.home)
@@ -39,8 +53,15 @@ def service_environment(settings: Settings, runtime: RuntimeChoice,
     return env
 
 
-def configure_hub(c: Any, settings: Settings, runtime: RuntimeChoice, *, python: str,
-                  repo: Path, environ: dict[str, str]) -> None:
+def configure_hub(
+    c: Any,
+    settings: Settings,
+    runtime: RuntimeChoice,
+    *,
+    python: str,
+    repo: Path,
+    environ: dict[str, str],
+) -> None:
     home = settings.home
     c.JupyterHub.ip = settings.ip
     c.JupyterHub.port = settings.port
@@ -91,8 +112,12 @@ def configure_hub(c: Any, settings: Settings, runtime: RuntimeChoice, *, python:
         {
             "name": "idle-culler",
             "display": False,
-            "command": [python, "-m", "jupyterhub_idle_culler",
-                        f"--timeout={settings.idle_timeout}"],
+            "command": [
+                python,
+                "-m",
+                "jupyterhub_idle_culler",
+                f"--timeout={settings.idle_timeout}",
+            ],
         },
     ]
     c.JupyterHub.load_roles = [

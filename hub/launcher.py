@@ -97,8 +97,9 @@ def run_up(settings: Settings) -> int:
             "  (shown once; change it at /hub/change-password)"
         )
     elif first_start:
-        click.echo(f"  First admin: {settings.admin_user} (password from "
-                   f"{ENV_PREFIX}ADMIN_PASSWORD)")
+        click.echo(
+            f"  First admin: {settings.admin_user} (password from {ENV_PREFIX}ADMIN_PASSWORD)"
+        )
     click.echo("  Press Ctrl-C to stop.", nl=True)
     sys.stdout.flush()
 

@@ -46,7 +46,9 @@ class Settings(BaseSettings):
         None, description="Optional TOML file with any of these settings (lower-case keys)."
     )
     ip: str = Field("127.0.0.1", description="Address the hub's public proxy listens on.")
-    port: int = Field(8000, ge=1, le=65535, description="Port of the public proxy (the URL users open).")
+    port: int = Field(
+        8000, ge=1, le=65535, description="Port of the public proxy (the URL users open)."
+    )
     hub_port: int = Field(8081, ge=1, le=65535, description="Port of the hub's internal API.")
     proxy_api_port: int = Field(
         8001, ge=1, le=65535, description="Port of the proxy's own API (loopback only)."
@@ -122,8 +124,9 @@ class Settings(BaseSettings):
 
     # -- data --------------------------------------------------------------------------
     data_root: str = Field(
-        "", description="Root of the data catalog's files: a directory or s3://bucket/prefix. "
-        "Default: HOME/data."
+        "",
+        description="Root of the data catalog's files: a directory or s3://bucket/prefix. "
+        "Default: HOME/data.",
     )
 
     # -- derived values ----------------------------------------------------------------

@@ -105,4 +105,3 @@ def worker(once: bool) -> None:
 from hub.cli import data as _data  # noqa: E402,F401  (subcommands register themselves)
 from hub.cli import images as _images  # noqa: E402,F401
 from hub.cli import jobs as _jobs  # noqa: E402,F401
-

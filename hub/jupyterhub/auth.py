@@ -7,8 +7,68 @@ from typing import Any
 
 import bcrypt
 from nativeauthenticator import NativeAuthenticator
+from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
 from nativeauthenticator.orm import UserInfo
+from tornado.escape import url_escape
+from tornado.httputil import url_concat
 from traitlets import Unicode
+
+
+class DockyardLoginHandler(NativeLoginHandler):
+    """NativeAuthenticator's login form, fitted to JupyterHub 6's handler API.
+
+    NativeAuthenticator 1.3 still calls the hub's removed statsd client on POST and
+    its ``_render`` cannot take the ``sync`` flag JupyterHub 6 passes when it shows a
+    login error, which turned every login into a 500. The page and the messages stay
+    NativeAuthenticator's own.
+    """
+
+    def _render(
+        self,
+        login_error: str | None = None,
+        username: str | None = None,
+        sync: bool = False,
+        **_ignored: Any,
+    ) -> Any:
+        return self.render_template(
+            "native-login.html",
+            sync=sync,
+            next=url_escape(self.get_argument("next", default="")),
+            username=username,
+            login_error=login_error,
+            custom_html=self.authenticator.custom_html,
+            login_url=self.settings["login_url"],
+            enable_signup=self.authenticator.enable_signup,
+            two_factor_auth=self.authenticator.allow_2fa,
+            authenticator_login_url=url_concat(
+                self.authenticator.login_url(self.hub.base_url),
+                {"next": self.get_argument("next", "")},
+            ),
+            xsrf=self.xsrf_token.decode("ascii"),
+        )
+
+    async def post(self) -> None:
+        data = {
+            arg: self.get_argument(arg, strip=arg == "username")
+            for arg in self.request.body_arguments
+            if arg != "_xsrf"
+        }
+        user = await self.login_user(data)
+        if user:
+            self._jupyterhub_user = user
+            self.redirect(self.get_next_url(user))
+            return
+        username = data.get("username", "")
+        error = "Invalid username or password."
+        info = self.authenticator.get_user(username) if username else None
+        if (
+            info is not None
+            and not info.is_authorized
+            and info.is_valid_password(data.get("password", ""))
+        ):
+            error = f"User {username} has not been approved by an administrator yet."
+        self.set_status(403)
+        self.finish(await self._render(login_error=error, username=username))
 
 
 class DockyardAuthenticator(NativeAuthenticator):
@@ -28,6 +88,13 @@ class DockyardAuthenticator(NativeAuthenticator):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ensure_initial_admin()
+
+    def get_handlers(self, app: Any) -> list[tuple[str, Any]]:
+        handlers = super().get_handlers(app)
+        return [
+            (path, DockyardLoginHandler if path == "/login" else handler)
+            for path, handler in handlers
+        ]
 
     def ensure_initial_admin(self) -> None:
         for name in sorted(self.admin_users):

@@ -121,7 +121,9 @@ def page_login_required(view: F) -> F:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if current_user() is None:
-            return current_app.extensions["dockyard.identity"].login_redirect(request.full_path)
+            # script_root is the service prefix the app is mounted under.
+            next_url = (request.script_root + request.full_path).rstrip("?")
+            return current_app.extensions["dockyard.identity"].login_redirect(next_url)
         return view(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

@@ -53,9 +53,7 @@ def init_errors(app: Flask) -> None:
 
     @app.errorhandler(CSRFError)
     def _csrf(exc: CSRFError) -> Any:
-        return _respond(
-            400, "Missing or stale form token", "Reload the page and submit again."
-        )
+        return _respond(400, "Missing or stale form token", "Reload the page and submit again.")
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Any:
@@ -67,11 +65,19 @@ def init_errors(app: Flask) -> None:
     @app.errorhandler(OperationalError)
     def _database_down(exc: OperationalError) -> Any:
         log.error("Database unavailable: %s", exc.orig)
-        return _respond(503, "Database unavailable", "Dockyard cannot reach its database; "
-                        "try again shortly. Nothing you submitted was saved.")
+        return _respond(
+            503,
+            "Database unavailable",
+            "Dockyard cannot reach its database; "
+            "try again shortly. Nothing you submitted was saved.",
+        )
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Any:
         log.exception("Unhandled error on %s %s", request.method, request.path)
-        return _respond(500, "Internal error", "Something went wrong on our side; "
-                        "the administrators can find the details in the web service log.")
+        return _respond(
+            500,
+            "Internal error",
+            "Something went wrong on our side; "
+            "the administrators can find the details in the web service log.",
+        )

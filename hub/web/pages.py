@@ -25,8 +25,11 @@ def index() -> Any:
 def oauth_callback() -> Any:
     code = request.args.get("code")
     if not code:
-        raise ApiError(400, "Login incomplete", "The hub did not send a login code; "
-                       "open Dockyard again to restart the login.")
+        raise ApiError(
+            400,
+            "Login incomplete",
+            "The hub did not send a login code; open Dockyard again to restart the login.",
+        )
     try:
         token, next_url = current_app.extensions["dockyard.identity"].finish_login(
             code, request.args.get("state")

@@ -37,12 +37,17 @@ class RunningHub:
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's life
         self.process = subprocess.Popen(
             [sys.executable, "-m", "hub.cli", "up"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"dockyard up exited {self.process.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"dockyard up exited {self.process.returncode}:\n{self.log_tail()}"
+                )
             if self._answers("/hub/login") and self._answers("/services/dockyard/health"):
                 return
             time.sleep(0.3)
@@ -64,7 +69,9 @@ class RunningHub:
 
     def _answers(self, path: str) -> bool:
         try:
-            return requests.get(self.url + path, timeout=2, allow_redirects=False).status_code == 200
+            return (
+                requests.get(self.url + path, timeout=2, allow_redirects=False).status_code == 200
+            )
         except requests.RequestException:
             return False
 
@@ -85,7 +92,9 @@ class RunningHub:
             raise AssertionError(f"login as {username} failed: {response.status_code}")
         return session
 
-    def post_login(self, session: requests.Session, username: str, password: str) -> requests.Response:
+    def post_login(
+        self, session: requests.Session, username: str, password: str
+    ) -> requests.Response:
         page = session.get(self.url + "/hub/login", timeout=10)
         page.raise_for_status()
         match = _XSRF_INPUT.search(page.text)
@@ -98,8 +107,11 @@ class RunningHub:
         """Sign up through NativeAuthenticator's form, approve as admin, log in."""
         anon = requests.Session()
         anon.get(self.url + "/hub/signup", timeout=10)
-        data = {"username": username, "signup_password": password,
-                "signup_password_confirmation": password}
+        data = {
+            "username": username,
+            "signup_password": password,
+            "signup_password_confirmation": password,
+        }
         xsrf = anon.cookies.get("_xsrf")
         if xsrf:
             data["_xsrf"] = xsrf

@@ -42,8 +42,11 @@ def docker_answers() -> str | None:
 def require_docker() -> None:
     reason = docker_answers()
     if reason is not None:
-        missing("Docker engine", f"{reason}. Install docker.io and start dockerd "
-                "(see .ci/run), then run make test again.")
+        missing(
+            "Docker engine",
+            f"{reason}. Install docker.io and start dockerd "
+            "(see .ci/run), then run make test again.",
+        )
 
 
 def require_image(reference: str) -> None:
@@ -62,12 +65,17 @@ def require_image(reference: str) -> None:
 def require_postgres() -> str:
     url = os.environ.get(POSTGRES_URL_VAR)
     if not url:
-        missing("PostgreSQL", f"set {POSTGRES_URL_VAR}=postgresql+psycopg://USER:PASS@HOST/DB "
-                "(.ci/run starts one and sets it).")
+        missing(
+            "PostgreSQL",
+            f"set {POSTGRES_URL_VAR}=postgresql+psycopg://USER:PASS@HOST/DB "
+            "(.ci/run starts one and sets it).",
+        )
     return url  # type: ignore[return-value]
 
 
 def require_chromium() -> str:
     if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
-        missing("Chromium", "apt-get install chromium (Debian's package; never a downloaded browser).")
+        missing(
+            "Chromium", "apt-get install chromium (Debian's package; never a downloaded browser)."
+        )
     return CHROMIUM

@@ -20,8 +20,9 @@ registry = OpenAPIRegistry()
 
 def _parse_body(model: type[BaseModel]) -> BaseModel:
     if not request.is_json:
-        raise ApiError(415, "Expected JSON", "Send the body as JSON with "
-                       "'Content-Type: application/json'.")
+        raise ApiError(
+            415, "Expected JSON", "Send the body as JSON with 'Content-Type: application/json'."
+        )
     payload = request.get_json(silent=True)
     if payload is None:
         raise ApiError(400, "Malformed JSON", "The request body is not valid JSON.")
@@ -65,9 +66,17 @@ def route(
         summary, _, description = doc.partition("\n")
         registry.add(
             Operation(
-                path=path, method=method, summary=summary, description=description.strip(),
-                tag=tag, body=body, query=query, response=response, status=status,
-                admin=admin, public=public,
+                path=path,
+                method=method,
+                summary=summary,
+                description=description.strip(),
+                tag=tag,
+                body=body,
+                query=query,
+                response=response,
+                status=status,
+                admin=admin,
+                public=public,
             )
         )
 
@@ -96,7 +105,6 @@ def route(
 def openapi_document() -> Any:
     """The OpenAPI 3.1 description of this API, generated from the route declarations."""
     return jsonify(registry.document(api.url_prefix or "", __version__))
-
 
 
 class WhoAmI(BaseModel):

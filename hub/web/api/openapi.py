@@ -38,10 +38,7 @@ class OpenAPIRegistry:
 
     def document(self, prefix: str, version: str) -> dict[str, Any]:
         models = {
-            m
-            for op in self.operations
-            for m in (op.body, op.query, op.response)
-            if m is not None
+            m for op in self.operations for m in (op.body, op.query, op.response) if m is not None
         }
         ordered = sorted(models, key=lambda m: m.__name__)
         refs, defs = models_json_schema(
@@ -52,11 +49,12 @@ class OpenAPIRegistry:
         paths: dict[str, dict[str, Any]] = {}
         for op in self.operations:
             spec_path = _CONVERTER.sub(r"{\1}", op.path)
+            slug = re.sub(r"[^a-z0-9]+", "_", spec_path.lower()).strip("_")
             item: dict[str, Any] = {
                 "summary": op.summary,
                 "description": op.description,
                 "tags": [op.tag],
-                "operationId": f"{op.method.lower()}_{re.sub(r'[^a-z0-9]+', '_', spec_path.lower()).strip('_')}",
+                "operationId": f"{op.method.lower()}_{slug}",
                 "parameters": [
                     {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
                     for p in _CONVERTER.findall(op.path)

@@ -1,0 +1,76 @@
+"""Migrations apply on SQLite and PostgreSQL, and match the models (drift test)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
+
+from hub.db import make_engine
+from hub.migrate import current_revision, upgrade
+from hub.models import Base
+from hub.settings import Settings
+from tests.support.requirements import require_postgres
+
+
+def assert_no_drift(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            diff = compare_metadata(context, Base.metadata)
+    finally:
+        engine.dispose()
+    assert diff == [], f"models and migrations differ; regenerate the migration: {diff}"
+
+
+def test_sqlite_upgrade_creates_every_table(settings: Settings) -> None:
+    upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    try:
+        tables = set(inspect(engine).get_table_names())
+        with engine.connect() as conn:
+            journal = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+            foreign_keys = conn.exec_driver_sql("PRAGMA foreign_keys").scalar()
+    finally:
+        engine.dispose()
+    assert set(Base.metadata.tables) <= tables
+    assert journal == "wal"
+    assert foreign_keys == 1
+
+
+def test_sqlite_upgrade_is_idempotent_and_matches_models(settings: Settings) -> None:
+    upgrade(settings.db_url)
+    first = current_revision(settings.db_url)
+    upgrade(settings.db_url)
+    assert current_revision(settings.db_url) == first is not None
+    assert_no_drift(settings.db_url)
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[str]:
+    """A fresh database on the test PostgreSQL server, dropped afterwards."""
+    base_url = make_url(require_postgres())
+    name = f"dockyard_mig_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_upgrade_matches_models(postgres_database: str) -> None:
+    upgrade(postgres_database)
+    upgrade(postgres_database)  # a second upgrade (e.g. a second replica) is a no-op
+    assert current_revision(postgres_database) is not None
+    assert_no_drift(postgres_database)
