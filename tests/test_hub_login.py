@@ -90,5 +90,14 @@ def test_signup_needs_admin_approval(running_hub: RunningHub) -> None:
     ).raise_for_status()
     refused = running_hub.post_login(requests.Session(), "dave", "dave-pass-2024!")
     assert "/hub/login" in refused.url
-    running_hub.login().get(running_hub.url + "/hub/authorize/dave", timeout=10)
+    # Approval is a POST with the hub's XSRF token: a plain link (GET) changes nothing.
+    admin = running_hub.login()
+    assert admin.get(running_hub.url + "/hub/authorize/dave", timeout=10).status_code == 405
+    still_refused = running_hub.post_login(requests.Session(), "dave", "dave-pass-2024!")
+    assert "/hub/login" in still_refused.url
+    no_token = admin.post(running_hub.url + "/hub/authorize/dave", timeout=10)
+    assert no_token.status_code == 403
+    page = admin.get(running_hub.url + "/hub/authorize", timeout=10)
+    assert 'id="signup-dave"' in page.text
+    running_hub.approve("dave")
     running_hub.login("dave", "dave-pass-2024!")  # raises if login fails

@@ -7,10 +7,15 @@ from typing import Any
 
 import bcrypt
 from nativeauthenticator import NativeAuthenticator
+from nativeauthenticator.handlers import DiscardHandler as NativeDiscardHandler
 from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
+from nativeauthenticator.handlers import (
+    ToggleAuthorizationHandler as NativeToggleAuthorizationHandler,
+)
 from nativeauthenticator.orm import UserInfo
 from tornado.escape import url_escape
 from tornado.httputil import url_concat
+from tornado.web import HTTPError
 from traitlets import Unicode
 
 
@@ -71,6 +76,32 @@ class DockyardLoginHandler(NativeLoginHandler):
         self.finish(await self._render(login_error=error, username=username))
 
 
+class _PostOnly:
+    """Approving or discarding a sign-up changes state, so it takes a POST with the
+    hub's XSRF token; NativeAuthenticator does it on a plain GET link, which any page
+    could make an admin's browser follow."""
+
+    async def get(self, *_args: Any) -> None:
+        raise HTTPError(405, "Use the buttons on the authorization page.")
+
+
+class ApproveSignupHandler(_PostOnly, NativeToggleAuthorizationHandler):
+    async def post(self, username: str) -> None:
+        await NativeToggleAuthorizationHandler.get(self, username)
+
+
+class DiscardSignupHandler(_PostOnly, NativeDiscardHandler):
+    async def post(self, username: str) -> None:
+        await NativeDiscardHandler.get(self, username)
+
+
+_REPLACED_HANDLERS = {
+    "/login": DockyardLoginHandler,
+    "/authorize/([^/]*)": ApproveSignupHandler,
+    "/discard/([^/]*)": DiscardSignupHandler,
+}
+
+
 class DockyardAuthenticator(NativeAuthenticator):
     """Sign-up with admin approval, plus a first admin who can log in at once."""
 
@@ -91,10 +122,7 @@ class DockyardAuthenticator(NativeAuthenticator):
 
     def get_handlers(self, app: Any) -> list[tuple[str, Any]]:
         handlers = super().get_handlers(app)
-        return [
-            (path, DockyardLoginHandler if path == "/login" else handler)
-            for path, handler in handlers
-        ]
+        return [(path, _REPLACED_HANDLERS.get(path, handler)) for path, handler in handlers]
 
     def ensure_initial_admin(self) -> None:
         for name in sorted(self.admin_users):

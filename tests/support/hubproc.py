@@ -116,9 +116,18 @@ class RunningHub:
         if xsrf:
             data["_xsrf"] = xsrf
         anon.post(self.url + "/hub/signup", data=data, timeout=30).raise_for_status()
-        admin = self.login()
-        admin.get(f"{self.url}/hub/authorize/{username}", timeout=30).raise_for_status()
+        self.approve(username)
         return self.login(username, password)
+
+    def approve(self, username: str) -> None:
+        """Approve a sign-up as the admin, through the authorization page's form."""
+        admin = self.login()
+        admin.get(f"{self.url}/hub/authorize", timeout=30).raise_for_status()
+        admin.post(
+            f"{self.url}/hub/authorize/{username}",
+            data={"_xsrf": admin.cookies.get("_xsrf", "")},
+            timeout=30,
+        ).raise_for_status()
 
     def hub_token(self, session: requests.Session, username: str) -> str:
         """A JupyterHub API token for ``username``, made through the hub's REST API."""
