@@ -12,6 +12,7 @@ from typing import Any
 
 from hub.choices import RuntimeChoice
 from hub.settings import ENV_PREFIX, Settings
+from spawner.environment import web_bind_address
 
 SERVICE_NAME = "dockyard"
 # Variables a hub-managed service needs besides Dockyard's own settings.
@@ -69,7 +70,7 @@ def configure_hub(
     c.JupyterHub.db_url = settings.hub_db_url
     c.JupyterHub.cookie_secret_file = str(home / "jupyterhub_cookie_secret")
     c.JupyterHub.pid_file = str(home / "jupyterhub.pid")
-    c.JupyterHub.log_level = settings.log_level
+    c.JupyterHub.log_level = "WARN" if settings.log_level == "WARNING" else settings.log_level
     c.JupyterHub.template_paths = [str(repo / "config" / "templates")]
     c.JupyterHub.cleanup_servers = False  # notebook containers outlive a hub restart
     # Land on the home page after login (notebooks, jobs and data are equals here)
@@ -94,12 +95,14 @@ def configure_hub(
     # -- Dockyard's services ---------------------------------------------------------
     env = service_environment(settings, runtime, environ)
     dockyard = [python, "-m", "hub.cli"]
+    # Containers call Dockyard directly at this address (DOCKYARD_URL); the proxy too.
+    web_bind = web_bind_address(settings, runtime.spawner, runtime.job_backend)
     c.JupyterHub.services = [
         {
             "name": SERVICE_NAME,
             "display": True,
-            "url": f"http://127.0.0.1:{settings.web_port}",
-            "command": [*dockyard, "web"],
+            "url": f"http://{web_bind}:{settings.web_port}",
+            "command": [*dockyard, "web", "--bind", web_bind],
             "environment": env,
             "oauth_no_confirm": True,
         },
@@ -117,6 +120,8 @@ def configure_hub(
                 "-m",
                 "jupyterhub_idle_culler",
                 f"--timeout={settings.idle_timeout}",
+                # Look often enough that a server stops within ~10% of the timeout.
+                f"--cull-every={max(settings.idle_timeout // 10, 5)}",
             ],
         },
     ]
@@ -129,9 +134,22 @@ def configure_hub(
             "services": ["idle-culler"],
             "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
         },
+        # The image catalog counts the notebook servers running each image (the image is
+        # in the spawner's state) and refuses to delete one in use. admin:server_state
+        # only adds the state to server models; no REST endpoint writes it.
+        {
+            "name": "dockyard-image-usage",
+            "services": [SERVICE_NAME],
+            "scopes": ["list:users", "read:servers", "admin:server_state"],
+        },
     ]
 
     # -- notebooks -------------------------------------------------------------------
     from spawner.notebook import configure_spawner
 
     configure_spawner(c, settings, runtime, python=python, environ=environ)
+
+    # -- production: external services (docker compose), log format, extra config --------
+    from hub.production import configure_production
+
+    configure_production(c, settings)

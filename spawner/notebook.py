@@ -1,77 +1,656 @@
-"""Notebook servers: containers through DockerSpawner, or local processes in development."""
+"""Notebook servers: one container per user server, from an image in Dockyard's catalog.
+
+``DockyardDockerSpawner`` is DockerSpawner with Dockyard's choices (image and resource
+profile, checked on the server), storage (a home volume per user, the team's /shared
+volume), limits and hardening, and the changes a login burst needs:
+
+- Docker calls run on a bounded pool of threads, each with its own API client, instead
+  of DockerSpawner's single thread per class, behind which twenty spawns queue.
+- ``start()`` returns once the server answers, found by a cheap connect probe and then
+  one HTTP request that the server answers as soon as its loop runs; the hub's own wait
+  (exponential back-off up to 5 s, 30 s limit) then succeeds at its first try. A
+  container that exits fails the spawn at once, with its last log lines.
+- Timeouts are generous (``DOCKYARD_NOTEBOOK_START_TIMEOUT``): a slow start on a busy
+  machine is not a failure.
+
+``DockyardSwarmSpawner`` is the same on a Docker Swarm (SwarmSpawner underneath).
+Local processes (``SimpleLocalProcessSpawner``) stand in when there is no engine.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import tarfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import docker
+from docker.errors import APIError, NotFound
+from docker.types import Mount, Resources
+from docker.utils import kwargs_from_env
+from dockerspawner import DockerSpawner, SwarmSpawner
+from tornado import web
+from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default, validate
+
 from hub.choices import RuntimeChoice
-from hub.settings import Settings
+from hub.notebooks import ImageNotAllowed, NotebookImage, NotebookImages
+from hub.settings import NotebookProfile, Settings
+from spawner.environment import (
+    container_environment,
+    container_gateway,
+    dockyard_url_for_containers,
+    dockyard_url_for_processes,
+)
+from spawner.options import (
+    InvalidChoice,
+    NotebookChoice,
+    choose_profile,
+    options_from_form,
+    render_form,
+    requested_image,
+)
+
+# Docker calls of all spawns share this pool. Sixteen threads let a burst of spawns create
+# and start their containers side by side (the engine serialises what it must itself)
+# while bounding the connections we hold open to it.
+DOCKER_THREADS = 16
+_docker_pool = ThreadPoolExecutor(DOCKER_THREADS, thread_name_prefix="dockyard-docker")
+_thread_clients = threading.local()
+
+SERVER_LABEL = "dockyard.notebook"
+VOLUME_LABEL = "dockyard.volume"
 
 
-def service_url_for_containers(settings: Settings, host: str) -> str:
-    return f"http://{host}:{settings.port}/services/dockyard/"
-
-
-def notebook_environment(settings: Settings, dockyard_url: str) -> dict[str, str]:
-    """What every notebook server finds in its environment."""
-    return {
-        "DOCKYARD_URL": dockyard_url,
-        "DOCKYARD_DATA_ROOT": settings.data_dir,
-    }
-
-
-def docker_gateway(settings: Settings) -> str:
-    """The address containers on our network use to reach this machine."""
-    if settings.hub_connect_ip:
-        return settings.hub_connect_ip
-    from spawner.engine import docker_client
-
-    client = docker_client(timeout=5)
+def negotiated_api_version(timeout: int = 10) -> str:
+    """Ask the engine once which API version to speak, so that no client made later has
+    to (the negotiation is a blocking call, and some clients live on the hub's loop)."""
+    client = docker.APIClient(version="auto", timeout=timeout, **kwargs_from_env())
     try:
-        network = client.networks.get(settings.docker_network)
-        configs = network.attrs.get("IPAM", {}).get("Config") or []
-        for cfg in configs:
-            if cfg.get("Gateway"):
-                return str(cfg["Gateway"])
+        return str(client.api_version)
     finally:
         client.close()
-    return "172.17.0.1"
 
 
+class SpawnFailed(Exception):
+    """The server cannot start; the message tells the user why (shown on the page)."""
+
+
+class DockyardDockerSpawner(DockerSpawner):
+    """A notebook server in a container on one Docker engine."""
+
+    catalog_db_url = Unicode(
+        "", config=True, help="Dockyard's database, where the notebook images are listed."
+    )
+    fallback_image = Unicode(
+        "", config=True, help="Image offered while the catalog has no notebook image."
+    )
+    profiles = List(
+        Dict(), config=True, help="Resource profiles (NotebookProfile fields); first is default."
+    )
+    name_prefix = Unicode(
+        "dockyard", config=True, help="Prefix of containers and volumes ({dockyard} in templates)."
+    )
+    home_volume = Unicode(
+        "{dockyard}-home-{username}", config=True, help="Name of a user's home volume."
+    )
+    home_dir = Unicode("/home/jovyan", config=True, help="Where the home volume is mounted.")
+    shared_volume = Unicode("{dockyard}-shared", config=True, help="The team's shared volume.")
+    shared_dir = Unicode("/shared", config=True, help="Where the shared volume is mounted.")
+    shared_writable = Bool(False, config=True, help="Mount the shared volume read-write.")
+    notebook_uid = Int(1000, config=True, help="User id the server runs as (never 0).")
+    notebook_gid = Int(100, config=True, help="Group id the server runs as.")
+    probe_interval = Float(
+        0.05, config=True,
+        help="Seconds between connect probes while a server starts; stretched when many "
+        "servers start at once, so that probing never costs the hub much CPU.",
+    )
+
+    _waiting_servers = 0  # servers of all spawners now being probed (class-wide)
+
+    @validate("notebook_uid")
+    def _never_root(self, proposal: Any) -> int:
+        if proposal.value == 0:
+            raise TraitError("notebook_uid: notebook servers never run as root (uid 0)")
+        return int(proposal.value)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.choice: NotebookChoice | None = None
+        self._volumes_ready: asyncio.Future[list[str]] | None = None
+        self._image_info: dict[str, Any] | None = None
+        # Progress of the current start, for the page that shows it.
+        self._events: list[dict[str, Any]] = []
+        self._events_changed = asyncio.Event()
+        self._start_finished = True
+
+    # -- Docker access: a shared bounded pool, one client per thread ---------------------
+    @property
+    def executor(self) -> ThreadPoolExecutor:  # type: ignore[override]
+        return _docker_pool
+
+    @property
+    def client(self) -> docker.APIClient:  # type: ignore[override]
+        client = getattr(_thread_clients, "client", None)
+        if client is None:
+            kwargs: dict[str, Any] = {"version": "auto", **kwargs_from_env(), **self.client_kwargs}
+            client = _thread_clients.client = docker.APIClient(**kwargs)
+        return client
+
+    # -- names -------------------------------------------------------------------------
+    @default("name_template")
+    def _default_name_template(self) -> str:
+        # '--' cannot occur in an escaped user name (escaping turns '-' into '-2d'), so
+        # the user and server parts of the name never run into each other.
+        return "{dockyard}-nb-{username}--{servername}" if self.name else "{dockyard}-nb-{username}"
+
+    def template_namespace(self) -> dict[str, str]:
+        namespace = super().template_namespace()
+        # DockerSpawner lower-cases server names before escaping, so 'Spark' and 'spark'
+        # (names made before JupyterHub 6 allowed only lower case) would share a
+        # container; escaping alone keeps them apart ('-53park', 'spark').
+        namespace["servername"] = self.escape(self.name or "")
+        namespace["dockyard"] = self.name_prefix
+        return namespace
+
+    # -- what the user may choose ------------------------------------------------------
+    @cached_property
+    def catalog(self) -> NotebookImages:
+        return NotebookImages(self.catalog_db_url, self.fallback_image)
+
+    @cached_property
+    def notebook_profiles(self) -> list[NotebookProfile]:
+        return [NotebookProfile(**profile) for profile in self.profiles]
+
+    @default("options_form")
+    def _default_options_form(self) -> Any:
+        async def form(spawner: DockyardDockerSpawner) -> str:
+            images = await asyncio.to_thread(spawner.catalog.offered)
+            previous = spawner.orm_spawner.user_options if spawner.orm_spawner else None
+            return render_form(images, spawner.notebook_profiles, previous=previous)
+
+        return form
+
+    @default("options_from_form")
+    def _default_options_from_form(self) -> Any:
+        async def from_form(formdata: dict[str, list[str]], spawner: DockyardDockerSpawner) -> dict:
+            try:
+                options = options_from_form(formdata)
+            except InvalidChoice as exc:
+                raise web.HTTPError(400, str(exc)) from None
+            # Checked here as well as before start, so that a bad choice comes back on
+            # the form with its message instead of on the progress page.
+            await spawner.resolve_choice(options)
+            return options
+
+        return from_form
+
+    def options_from_query(self, query_data: dict[str, list[str]]) -> Any:
+        return self.options_from_form(query_data, spawner=self)
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self) -> Any:
+        async def apply(spawner: DockyardDockerSpawner, user_options: dict) -> None:
+            spawner.apply_choice(await spawner.resolve_choice(user_options))
+
+        return apply
+
+    async def resolve_choice(self, user_options: dict[str, Any]) -> NotebookChoice:
+        """The image and profile ``user_options`` ask for, checked against what the
+        catalog offers now; anything else is a 400 with a message to act on."""
+        def lookup() -> NotebookImage:
+            images = self.catalog.offered()
+            return self.catalog.resolve(requested_image(user_options, images))
+
+        try:
+            image = await asyncio.to_thread(lookup)
+            profile = choose_profile(user_options, image, self.notebook_profiles)
+        except (ImageNotAllowed, InvalidChoice) as exc:
+            raise web.HTTPError(400, str(exc)) from None
+        return NotebookChoice(image, profile)
+
+    def apply_choice(self, choice: NotebookChoice) -> None:
+        self.choice = choice
+        self.image = choice.image.reference
+        self.mem_limit = choice.memory_bytes
+        self.cpu_limit = choice.profile.cpus
+        self.extra_create_kwargs = {
+            "user": f"{self.notebook_uid}:{self.notebook_gid}",
+            "working_dir": self.home_dir,
+            "labels": self.object_labels(),
+        }
+        self.extra_host_config = {
+            "security_opt": ["no-new-privileges"],
+            "cap_drop": ["ALL"],
+            "pids_limit": choice.profile.pids,
+            "memswap_limit": choice.memory_bytes,  # no swap beyond the memory limit
+            # Kept after it stops so that a failed start can be explained from its log;
+            # stop() and the next start() remove it.
+            "auto_remove": False,
+        }
+
+    async def check_allowed(self, image: str) -> str:
+        # DockerSpawner's own allow-list check; ours ran before start (resolve_choice).
+        if self.choice is None or image != self.choice.image.reference:
+            raise web.HTTPError(400, f"Image '{image}' was not checked; start the server again.")
+        return image
+
+    def object_labels(self) -> dict[str, str]:
+        return {SERVER_LABEL: "true", "dockyard.prefix": self.name_prefix,
+                "dockyard.user": self.user.name, "dockyard.server": self.name or ""}
+
+    # -- environment -------------------------------------------------------------------
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        env["HOME"] = self.home_dir
+        if self.choice is not None:
+            env["DOCKYARD_PROFILE"] = self.choice.profile.name
+        return env
+
+    # -- storage -----------------------------------------------------------------------
+    @default("volumes")
+    def _default_volumes(self) -> dict[str, Any]:
+        return {
+            self.home_volume: {"bind": self.home_dir, "mode": "rw"},
+            self.shared_volume: {"bind": self.shared_dir,
+                                 "mode": "rw" if self.shared_writable else "ro"},
+        }
+
+    def volumes_to_own(self) -> dict[str, str]:
+        """Volumes the notebook user must be able to write: name -> mount point."""
+        owned = {self.format_volume_name(self.home_volume, self): self.home_dir}
+        if self.shared_writable:
+            owned[self.format_volume_name(self.shared_volume, self)] = self.shared_dir
+        return owned
+
+    async def ensure_volumes(self) -> list[str]:
+        """Create missing volumes (labelled, so they can be found); return the new ones."""
+        home = self.format_volume_name(self.home_volume, self)
+
+        async def ensure(name: str) -> str | None:
+            try:
+                await self.docker("inspect_volume", name)
+                return None
+            except NotFound:
+                labels = {VOLUME_LABEL: "true", "dockyard.prefix": self.name_prefix}
+                if name == home:
+                    labels["dockyard.user"] = self.user.name
+                # Creating an existing volume is a no-op, so a race with the user's other
+                # server starting at the same moment is harmless.
+                await self.docker("create_volume", name, labels=labels)
+                return name
+
+        names = [self.format_volume_name(v, self) for v in self.volumes]
+        return [n for n in await asyncio.gather(*(ensure(n) for n in names)) if n]
+
+    async def owner_of(self, container_id: str, path: str) -> tuple[int, int]:
+        """Owner of ``path`` in a created (not started) container, read from the first
+        header of the archive Docker streams; the rest is never read."""
+        def first_header() -> tuple[int, int]:
+            stream, _stat = self.client.get_archive(container_id, path, chunk_size=512)
+            try:
+                block = b""
+                for chunk in stream:
+                    block += chunk
+                    if len(block) >= tarfile.BLOCKSIZE:
+                        break
+            finally:
+                stream.close()
+            info = tarfile.TarInfo.frombuf(block[: tarfile.BLOCKSIZE], "utf-8", "surrogateescape")
+            return info.uid, info.gid
+
+        return await asyncio.wrap_future(self.executor.submit(first_header))
+
+    async def give_volume_to_user(self, volume: str, path: str) -> None:
+        """Make a volume's files the notebook user's: a one-shot container of the same
+        image, as root but with only the capabilities chown needs, no network."""
+        self.log.info("Giving volume %s to uid %s", volume, self.notebook_uid)
+        owner = f"{self.notebook_uid}:{self.notebook_gid}"
+        host_config = self.client.create_host_config(
+            binds={volume: {"bind": path, "mode": "rw"}},
+            cap_drop=["ALL"], cap_add=["CHOWN", "DAC_READ_SEARCH", "FOWNER"],
+            security_opt=["no-new-privileges"], network_mode="none",
+        )
+        container = await self.docker(
+            "create_container", self.image, entrypoint=["chown"], command=["-R", owner, path],
+            user="0:0", host_config=host_config, labels={**self.object_labels(),
+                                                        "dockyard.volume-init": "true"},
+        )
+        try:
+            await self.docker("start", container["Id"])
+            result = await self.docker("wait", container["Id"], timeout=120)
+            if result.get("StatusCode") != 0:
+                logs = await self.docker("logs", container["Id"], tail=5)
+                raise SpawnFailed(f"Could not prepare volume {volume}: "
+                                  f"{logs.decode(errors='replace').strip()}")
+        finally:
+            await self.docker("remove_container", container["Id"], force=True)
+
+    async def prepare_before_create(self, fresh: list[str]) -> None:
+        """Hook for engines that cannot look inside a container before it runs."""
+
+    async def prepare_after_create(self, obj: dict[str, Any], fresh: list[str]) -> None:
+        # A fresh named volume takes the content and ownership of the image's directory
+        # when the container is created; an image whose directory is not the notebook
+        # user's (or that has none) would leave the home unwritable, so check and fix.
+        for volume, path in self.volumes_to_own().items():
+            if volume not in fresh:
+                continue
+            uid, _gid = await self.owner_of(obj["Id"], path)
+            if uid != self.notebook_uid:
+                await self.give_volume_to_user(volume, path)
+
+    # -- progress --------------------------------------------------------------------
+    def _note(self, progress: int, message: str) -> None:
+        self.log.debug("%s: %s", self._log_name, message)
+        self._events.append({"progress": progress, "message": message})
+        self._events_changed.set()
+
+    async def progress(self) -> Any:
+        sent = 0
+        while True:
+            events = self._events
+            while sent < len(events):
+                yield events[sent]
+                sent += 1
+            if self._start_finished:
+                return
+            self._events_changed.clear()
+            await self._events_changed.wait()
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def create_object(self) -> dict[str, Any]:
+        fresh = await self._volumes_ready if self._volumes_ready else []
+        self._note(30, "Creating the container")
+        await self.prepare_before_create(fresh)
+        obj = await super().create_object()
+        await self.prepare_after_create(obj, fresh)
+        return obj
+
+    async def pull_image(self, image: str) -> None:
+        # Keep what the presence check learns: get_command() needs the image's command.
+        if self.pull_policy in ("ifnotpresent", "never"):
+            try:
+                self._image_info = await self.docker("inspect_image", image)
+                return
+            except NotFound:
+                pass
+        try:
+            await super().pull_image(image)
+        except APIError as exc:
+            raise SpawnFailed(f"Image {image} is not on the Docker engine and could not be "
+                              f"pulled: {exc.explanation or exc}") from None
+
+    async def get_command(self) -> list[str]:
+        info, self._image_info = self._image_info, None
+        if self.cmd or not info:
+            return await super().get_command()
+        return [*(info["Config"]["Cmd"] or []), *self.get_args()]
+
+    async def start(self) -> tuple[str, int]:
+        self._events = []
+        self._start_finished = False
+        try:
+            if self.choice is None:  # never applied (e.g. a call from outside the hub)
+                self.apply_choice(await self.resolve_choice(self.user_options or {}))
+            profile = self.choice.profile
+            self._note(10, f"Preparing {self.choice.image.reference} "
+                           f"({profile.description or profile.name}) and storage")
+            # Volumes are made while DockerSpawner checks the image and looks for a stale
+            # container; create_object() waits for them.
+            self._volumes_ready = asyncio.ensure_future(self.ensure_volumes())
+            ip, port = await super().start()
+            self._note(60, "Container started; waiting for Jupyter to answer")
+            await self.wait_until_answering(ip, port)
+            self._note(95, "Jupyter answered")
+            return ip, port
+        finally:
+            if self._volumes_ready and not self._volumes_ready.done():
+                self._volumes_ready.cancel()
+            self._volumes_ready = None
+            self._start_finished = True
+            self._events_changed.set()
+
+    async def wait_until_answering(self, ip: str, port: int) -> None:
+        """Return once the server answers HTTP; fail at once if its container stops."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        next_check = started + 1.0
+        url_path = f"{self.server.base_url}api" if self.server else "/api"
+        cls = DockyardDockerSpawner
+        cls._waiting_servers += 1
+        try:
+            while True:
+                if await _answers(ip, port, url_path):
+                    return
+                if loop.time() >= next_check:
+                    status = await self.poll()
+                    if status is not None:
+                        raise SpawnFailed(await self.exit_report(status))
+                    elapsed = int(loop.time() - started)
+                    self._note(60 + min(elapsed, 30),
+                               f"Waiting for Jupyter to answer ({elapsed} s)")
+                    next_check = loop.time() + 2.0
+                # Probe less often when many servers start at once: each of them is then
+                # slower anyway, and the hub needs its CPU share for the rest of the work.
+                crowd = max(1.0, cls._waiting_servers / 4)
+                await asyncio.sleep(min(0.5, self.probe_interval * crowd))
+        finally:
+            cls._waiting_servers -= 1
+
+    async def exit_report(self, status: Any) -> str:
+        try:
+            logs = await self.docker("logs", self.object_id, tail=15)
+            tail = logs.decode(errors="replace").strip()
+        except APIError:
+            tail = "(no log)"
+        return (f"The notebook server stopped before it answered ({status}). "
+                f"Last lines of its log:\n{tail}")
+
+    async def stop(self, now: bool = False) -> None:
+        if not self.object_id:
+            # Never created, or already removed: find it by name, or there is nothing to do.
+            if await self.get_object() is None:
+                self.clear_state()
+                return
+        await super().stop(now=now)
+
+    # -- state kept across hub restarts ------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        if self.object_id and self.choice is not None:
+            state["image"] = self.choice.image.reference
+            state["profile"] = self.choice.profile.name
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        if state.get("image"):
+            self.image = state["image"]
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self.choice = None
+
+
+class DockyardSwarmSpawner(DockyardDockerSpawner, SwarmSpawner):
+    """The same notebook server as a Swarm service.
+
+    Services join a swarm-scoped bridge network that the hub (on the manager) reaches
+    directly, so nothing is published on the host. Swarm services on Engine 20.10 cannot
+    set no-new-privileges; all capabilities are dropped and the user is never root.
+    """
+
+    @default("network_name")
+    def _default_network_name(self) -> str:
+        return f"{self.name_prefix}-notebooks"
+
+    @default("use_internal_ip")
+    def _default_use_ip(self) -> bool:
+        return True
+
+    @property
+    def mounts(self) -> list[Mount]:  # type: ignore[override]
+        # SwarmSpawner mounts every volume as a bind; a named volume needs type=volume.
+        return [
+            Mount(target=bind["bind"], source=source, read_only=bind["mode"] == "ro",
+                  type="bind" if source.startswith("/") else "volume")
+            for source, bind in self.volume_binds.items()
+        ]
+
+    def apply_choice(self, choice: NotebookChoice) -> None:
+        super().apply_choice(choice)
+        self.extra_container_spec = {
+            "user": f"{self.notebook_uid}:{self.notebook_gid}",
+            "workdir": self.home_dir,
+            "labels": self.object_labels(),
+            "cap_drop": ["ALL"],
+        }
+        resources = Resources(mem_limit=choice.memory_bytes,
+                              cpu_limit=int(choice.profile.cpus * 1e9))
+        resources["Limits"]["Pids"] = choice.profile.pids
+        self.extra_task_spec = {"resources": resources}
+        self.extra_create_kwargs = {"labels": self.object_labels()}
+
+    async def ensure_volumes(self) -> list[str]:
+        await self.ensure_network()
+        return await super().ensure_volumes()
+
+    async def ensure_network(self) -> None:
+        try:
+            await self.docker("inspect_network", self.network_name)
+        except NotFound:
+            try:
+                await self.docker("create_network", self.network_name, driver="bridge",
+                                  scope="swarm", attachable=True,
+                                  labels={"dockyard.prefix": self.name_prefix})
+            except APIError as exc:
+                if exc.status_code != 409:  # another spawn made it first
+                    raise
+
+    async def prepare_before_create(self, fresh: list[str]) -> None:
+        # A task's container cannot be looked into before it runs, so a fresh volume is
+        # handed to the notebook user first (mounted where the image's directory is, so
+        # the image's content is copied in as it would be for the service).
+        for volume, path in self.volumes_to_own().items():
+            if volume in fresh:
+                await self.give_volume_to_user(volume, path)
+
+    async def prepare_after_create(self, obj: dict[str, Any], fresh: list[str]) -> None:
+        return None
+
+    async def start_object(self) -> None:
+        # SwarmSpawner waits for the task with a back-off from 1 s to 11 s; poll briskly.
+        delay = 0.1
+        while True:
+            task = await self.get_task()
+            if not task:
+                raise SpawnFailed(f"Service {self.service_name} has no task.")
+            state = task["Status"]["State"].lower()
+            if state == "running":
+                return
+            if state in ("failed", "rejected", "shutdown", "complete", "orphaned"):
+                raise SpawnFailed(f"Service {self.service_name} did not start: "
+                                  f"{task['Status'].get('Err') or state}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
+    async def get_ip_and_port(self) -> tuple[str, int]:
+        task = await self.get_task()
+        container_id = task["Status"]["ContainerStatus"]["ContainerID"]
+        info = await self.docker("inspect_container", container_id)
+        return info["NetworkSettings"]["Networks"][self.network_name]["IPAddress"], self.port
+
+    async def exit_report(self, status: Any) -> str:
+        return f"The notebook service stopped before it answered: {status}"
+
+
+async def _answers(ip: str, port: int, path: str) -> bool:
+    """Does the server answer? A refused connect costs microseconds, so probe with that;
+    once the port accepts, one HTTP request waits for the server's first answer."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout=2)
+    except (TimeoutError, OSError):
+        return False
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\n\r\n".encode())
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout=60)
+    except (TimeoutError, OSError):
+        return False
+    finally:
+        writer.close()
+    parts = status_line.split()
+    return len(parts) >= 2 and parts[1].isdigit() and int(parts[1]) < 500
+
+
+# -- JupyterHub configuration ------------------------------------------------------------
 def configure_spawner(c: Any, settings: Settings, runtime: RuntimeChoice, *, python: str,
                       environ: dict[str, str]) -> None:
-    if runtime.spawner in ("docker", "swarm"):
-        gateway = docker_gateway(settings)
-        # The hub API listens only on the gateway address: reachable from our
-        # containers and from the proxy on this machine, nowhere else.
-        c.JupyterHub.hub_ip = gateway
-        c.JupyterHub.hub_connect_ip = gateway
-        c.JupyterHub.spawner_class = (
-            "dockerspawner.SwarmSpawner" if runtime.spawner == "swarm" else "dockerspawner.DockerSpawner"
-        )
-        c.DockerSpawner.image = runtime.notebook_image
-        c.DockerSpawner.network_name = settings.docker_network
-        c.DockerSpawner.remove = False
-        c.DockerSpawner.name_template = "dockyard-{username}--{servername}"
-        c.DockerSpawner.volumes = {"dockyard-home-{username}": "/home/jovyan"}
-        c.DockerSpawner.extra_host_config = {"security_opt": ["no-new-privileges"]}
-        c.Spawner.environment = notebook_environment(
-            settings, service_url_for_containers(settings, gateway)
-        )
-    else:
-        users = settings.home / "users"
-        users.mkdir(parents=True, exist_ok=True)
-        c.JupyterHub.spawner_class = "jupyterhub.spawner.SimpleLocalProcessSpawner"
-        c.SimpleLocalProcessSpawner.home_dir_template = str(users / "{username}")
-        c.Spawner.cmd = [str(Path(python).parent / "jupyterhub-singleuser")]
-        if os.geteuid() == 0:
-            c.Spawner.args = ["--allow-root"]
-        c.Spawner.environment = notebook_environment(settings, settings.base_url + "/services/dockyard/")
     c.Spawner.server_token_scopes = [
         "users:activity!user",
         "access:servers!server",
+        # The data client calls Dockyard with the notebook's own token.
         "access:services!service=dockyard",
     ]
     c.Spawner.default_url = "/lab"
+    c.Spawner.start_timeout = settings.notebook_start_timeout
+    # start() returns only once the server answers, so the hub's own wait that follows
+    # succeeds at once; this limit only matters if the server dies in between.
+    c.Spawner.http_timeout = 60
+    c.JupyterHub.allow_named_servers = settings.named_servers > 0
+    c.JupyterHub.named_server_limit_per_user = settings.named_servers
+    template_vars = {"dockyard_notebooks": runtime.spawner}
+    if runtime.spawner in ("docker", "swarm"):
+        _configure_containers(c, settings, runtime)
+    else:
+        _configure_local(c, settings, python)
+        template_vars["dockyard_dev_mode_note"] = (
+            "Development mode: notebook servers run as local processes on this machine, "
+            "without containers, limits or isolation."
+        )
+    c.JupyterHub.template_vars.update(template_vars)  # merges with what others set
+
+
+def _configure_containers(c: Any, settings: Settings, runtime: RuntimeChoice) -> None:
+    gateway = container_gateway(settings)
+    # The hub API listens only on the gateway address: reachable from our containers and
+    # from the proxy on this machine, nowhere else.
+    c.JupyterHub.hub_ip = gateway
+    c.JupyterHub.hub_connect_ip = gateway
+    swarm = runtime.spawner == "swarm"
+    spawner = DockyardSwarmSpawner if swarm else DockyardDockerSpawner
+    c.JupyterHub.spawner_class = f"{spawner.__module__}.{spawner.__name__}"
+    section = c.DockyardDockerSpawner
+    section.client_kwargs = {"version": negotiated_api_version()}
+    section.catalog_db_url = settings.db_url
+    section.fallback_image = runtime.notebook_image
+    section.image = runtime.notebook_image
+    section.profiles = [profile.model_dump() for profile in settings.notebook_profiles]
+    section.name_prefix = settings.docker_name_prefix
+    section.shared_writable = settings.shared_writable
+    section.remove = True  # a stopped server's container goes; its home volume stays
+    if not swarm:
+        section.network_name = settings.docker_network
+        # The hub and proxy on this machine reach the container on the bridge directly,
+        # so no port is published on the host.
+        section.use_internal_ip = True
+    c.Spawner.environment = container_environment(settings, dockyard_url_for_containers(settings))
+
+
+def _configure_local(c: Any, settings: Settings, python: str) -> None:
+    users = settings.home / "users"
+    users.mkdir(parents=True, exist_ok=True)
+    c.JupyterHub.spawner_class = "jupyterhub.spawner.SimpleLocalProcessSpawner"
+    c.SimpleLocalProcessSpawner.home_dir_template = str(users / "{username}")
+    c.Spawner.cmd = [str(Path(python).parent / "jupyterhub-singleuser")]
+    if os.geteuid() == 0:
+        c.Spawner.args = ["--allow-root"]
+    c.Spawner.environment = container_environment(settings, dockyard_url_for_processes(settings))
+
+
+__all__ = ["DockyardDockerSpawner", "DockyardSwarmSpawner", "SpawnFailed", "configure_spawner",
+           "negotiated_api_version"]

@@ -39,10 +39,10 @@ def test_page_without_session_goes_to_login(client: FlaskClient) -> None:
 
 
 def test_admin_page_is_403_for_users(client: FlaskClient) -> None:
-    response = client.get("/images/", headers=auth("tok-alice"))
+    response = client.get("/images/new", headers=auth("tok-alice"))
     assert response.status_code == 403
     assert b"Only Dockyard admins" in response.data
-    assert client.get("/images/", headers=auth("tok-admin")).status_code == 200
+    assert client.get("/images/new", headers=auth("tok-admin")).status_code == 200
 
 
 def test_every_response_carries_security_headers(client: FlaskClient) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any
 
@@ -34,12 +33,10 @@ def main() -> None:
 
 
 def settings_for_command() -> Settings:
+    from hub.logs import configure_logging
+
     settings = load_settings()
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    configure_logging(settings)
     return settings
 
 
@@ -105,3 +102,4 @@ def worker(once: bool) -> None:
 from hub.cli import data as _data  # noqa: E402,F401  (subcommands register themselves)
 from hub.cli import images as _images  # noqa: E402,F401
 from hub.cli import jobs as _jobs  # noqa: E402,F401
+from hub.cli import prod as _prod  # noqa: E402,F401

@@ -38,6 +38,18 @@ class Image(Base):
     profiles: Mapped[list[str]] = mapped_column(JSON, default=list)
     build_context: Mapped[str | None] = mapped_column(String(512))
     build_log: Mapped[str] = mapped_column(Text, default="")
+    # Why the image failed, or what the worker is doing with it; shown next to the status.
+    status_detail: Mapped[str] = mapped_column(Text, default="")
+    # Work the web app asked the worker to do ("build" or "inspect"), oldest first.
+    # The worker clears it when it claims the work; a null means nothing is waiting.
+    work_queued: Mapped[str | None] = mapped_column(String(16), index=True)
+    work_queued_at: Mapped[datetime | None]
+    build_started_at: Mapped[datetime | None]
+    build_finished_at: Mapped[datetime | None]
+    # Touched by the worker while it builds or inspects, so a build whose worker died
+    # can be told apart from a long quiet build step.
+    worker_heartbeat_at: Mapped[datetime | None]
+    inspected_at: Mapped[datetime | None]
     contents: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -87,11 +87,14 @@ class Run(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     engine_handle: Mapped[str | None] = mapped_column(String(255))
     node: Mapped[str | None] = mapped_column(String(255))
+    # The worker that claimed the run and watches it; a restarted worker takes back its own.
+    worker: Mapped[str | None] = mapped_column(String(128))
     log_location: Mapped[str | None] = mapped_column(String(512))
     token_hash: Mapped[str | None] = mapped_column(String(128))
     queued_at: Mapped[datetime] = mapped_column(default=utcnow)
-    started_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
+    # Indexed so that the runs list sorted by start or finish pages by keyset quickly.
+    started_at: Mapped[datetime | None] = mapped_column(index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(index=True)
 
     definition: Mapped[JobDefinition | None] = relationship()
     tags: Mapped[list[RunTag]] = relationship(cascade="all, delete-orphan")

@@ -36,7 +36,8 @@ def create_app(settings: Settings, identity: Identity | None = None) -> Flask:
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"),
         PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
-        MAX_CONTENT_LENGTH=16 * 1024 * 1024,
+        # Raised only when admins allow larger image build uploads (DOCKYARD_IMAGE_UPLOAD_MAX_MB).
+        MAX_CONTENT_LENGTH=max(16, settings.image_upload_max_mb) * 1024 * 1024,
         JSON_SORT_KEYS=False,
     )
     engine = make_engine(settings.db_url)
@@ -44,6 +45,9 @@ def create_app(settings: Settings, identity: Identity | None = None) -> Flask:
     app.extensions["dockyard.engine"] = engine
     app.extensions["dockyard.sessions"] = make_session_factory(engine)
     app.extensions["dockyard.identity"] = identity or HubIdentity()
+    from hub.jobs.tokens import run_token_lookup
+
+    app.extensions["dockyard.run_tokens"] = run_token_lookup(app.extensions["dockyard.sessions"])
     app.teardown_appcontext(close_db)
 
     init_security(app)

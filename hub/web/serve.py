@@ -36,4 +36,7 @@ def serve(settings: Settings, *, bind: str, port: int, threads: int = 8) -> None
         "accesslog": "-",
         "loglevel": settings.log_level.lower(),
     }
+    from hub.logs import gunicorn_logging
+
+    options.update(gunicorn_logging(settings))
     _Gunicorn(mounted_app(settings), options).run()

@@ -16,11 +16,11 @@ die() { echo "make-base: error: $*" >&2; exit 1; }
 
 # Prints the first URI of an enabled deb822 stanza (Types: deb) whose Suites list the
 # given suite, then of a one-line "deb URI SUITE ..." entry. Mirrors are taken from the
-# host, never written into the repository.
+# host (APT_DIR, default /etc/apt), never written into the repository.
 host_mirror() {
-    local suite="$1" files=()
+    local suite="$1" apt="${2:-/etc/apt}" files=()
     shopt -s nullglob
-    files=(/etc/apt/sources.list.d/*.sources)
+    files=("$apt"/sources.list.d/*.sources)
     if ((${#files[@]})); then
         awk -v suite="$suite" '
             function flush() {
@@ -29,6 +29,7 @@ host_mirror() {
                 }
                 types = ""; suites = ""; uris = ""; enabled = ""
             }
+            FNR == 1 && NR > 1 { flush() }  # a stanza ends with its file
             /^[ \t]*#/ { next }
             /^[ \t]*$/ { flush(); next }
             {
@@ -42,7 +43,7 @@ host_mirror() {
             END { if (!found) flush() }
         ' "${files[@]}" | head -n1
     fi
-    files=(/etc/apt/sources.list /etc/apt/sources.list.d/*.list)
+    files=("$apt"/sources.list "$apt"/sources.list.d/*.list)
     local f
     for f in "${files[@]}"; do
         [[ -r "$f" ]] || continue
@@ -53,44 +54,45 @@ host_mirror() {
     shopt -u nullglob
 }
 
-if docker image inspect "$TAG" >/dev/null 2>&1; then
-    log "$TAG is already present; nothing to do"
-    exit 0
-fi
-
-command -v debootstrap >/dev/null || die "debootstrap is not installed (apt-get install -y debootstrap)"
-[[ $(id -u) -eq 0 ]] || die "debootstrap needs root"
-
-MIRROR="${DOCKYARD_DEBIAN_MIRROR:-$(host_mirror "$SUITE" | head -n1)}"
-[[ -n "$MIRROR" ]] || die "no Debian $SUITE mirror found in /etc/apt/sources.list{,.d}; set DOCKYARD_DEBIAN_MIRROR"
-SECURITY="$(host_mirror "$SUITE-security" | head -n1)"
-
-WORK="$(mktemp -d /var/tmp/dockyard-base.XXXXXX)"
-ROOTFS="$WORK/rootfs"
-cleanup() {
-    # debootstrap mounts /proc and /sys inside the target; never rm -rf across a mount.
-    local m
-    for m in $(awk -v root="$ROOTFS" 'index($2, root) == 1 { print $2 }' /proc/mounts | sort -r); do
-        umount -l "$m" || true
-    done
-    if awk -v root="$ROOTFS" 'index($2, root) == 1 { found = 1 } END { exit !found }' /proc/mounts; then
-        echo "make-base: warning: mounts remain under $ROOTFS; leaving $WORK in place" >&2
-    else
-        rm -rf "$WORK"
+main() {
+    if docker image inspect "$TAG" >/dev/null 2>&1; then
+        log "$TAG is already present; nothing to do"
+        exit 0
     fi
-}
-trap cleanup EXIT
 
-log "creating $TAG with debootstrap --variant=minbase $SUITE from $MIRROR"
-start=$SECONDS
-debootstrap --variant=minbase "$SUITE" "$ROOTFS" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
-    || { tail -n 30 "$WORK/debootstrap.log" >&2; die "debootstrap failed"; }
-log "debootstrap finished in $((SECONDS - start)) s"
+    command -v debootstrap >/dev/null || die "debootstrap is not installed (apt-get install -y debootstrap)"
+    [[ $(id -u) -eq 0 ]] || die "debootstrap needs root"
 
-# Same trimming as Debian's own slim images: no docs, man pages or translations from
-# later installs, and apt drops downloaded packages after each install.
-mkdir -p "$ROOTFS/etc/dpkg/dpkg.cfg.d" "$ROOTFS/etc/apt/apt.conf.d"
-cat >"$ROOTFS/etc/dpkg/dpkg.cfg.d/docker" <<'EOF'
+    MIRROR="${DOCKYARD_DEBIAN_MIRROR:-$(host_mirror "$SUITE" | head -n1)}"
+    [[ -n "$MIRROR" ]] || die "no Debian $SUITE mirror found in /etc/apt/sources.list{,.d}; set DOCKYARD_DEBIAN_MIRROR"
+    SECURITY="$(host_mirror "$SUITE-security" | head -n1)"
+
+    WORK="$(mktemp -d /var/tmp/dockyard-base.XXXXXX)"
+    ROOTFS="$WORK/rootfs"
+    cleanup() {
+        # debootstrap mounts /proc and /sys inside the target; never rm -rf across a mount.
+        local m
+        for m in $(awk -v root="$ROOTFS" 'index($2, root) == 1 { print $2 }' /proc/mounts | sort -r); do
+            umount -l "$m" || true
+        done
+        if awk -v root="$ROOTFS" 'index($2, root) == 1 { found = 1 } END { exit !found }' /proc/mounts; then
+            echo "make-base: warning: mounts remain under $ROOTFS; leaving $WORK in place" >&2
+        else
+            rm -rf "$WORK"
+        fi
+    }
+    trap cleanup EXIT
+
+    log "creating $TAG with debootstrap --variant=minbase $SUITE from $MIRROR"
+    start=$SECONDS
+    debootstrap --variant=minbase "$SUITE" "$ROOTFS" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
+        || { tail -n 30 "$WORK/debootstrap.log" >&2; die "debootstrap failed"; }
+    log "debootstrap finished in $((SECONDS - start)) s"
+
+    # Same trimming as Debian's own slim images: no docs, man pages or translations from
+    # later installs, and apt drops downloaded packages after each install.
+    mkdir -p "$ROOTFS/etc/dpkg/dpkg.cfg.d" "$ROOTFS/etc/apt/apt.conf.d"
+    cat >"$ROOTFS/etc/dpkg/dpkg.cfg.d/docker" <<'EOF'
 path-exclude /usr/share/doc/*
 path-include /usr/share/doc/*/copyright
 path-exclude /usr/share/man/*
@@ -101,31 +103,40 @@ path-include /usr/share/locale/locale.alias
 path-exclude /usr/share/lintian/*
 path-exclude /usr/share/linda/*
 EOF
-cat >"$ROOTFS/etc/apt/apt.conf.d/docker-clean" <<'EOF'
+    cat >"$ROOTFS/etc/apt/apt.conf.d/docker-clean" <<'EOF'
 DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
 APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
 Dir::Cache::pkgcache "";
 Dir::Cache::srcpkgcache "";
 EOF
-echo 'Acquire::Languages "none";' >"$ROOTFS/etc/apt/apt.conf.d/docker-no-languages"
+    echo 'Acquire::Languages "none";' >"$ROOTFS/etc/apt/apt.conf.d/docker-no-languages"
 
-# Updates and security fixes from the same mirrors the host uses.
-rm -f "$ROOTFS/etc/apt/sources.list"
-{
-    printf 'Types: deb\nURIs: %s\nSuites: %s %s-updates\nComponents: main\n' "$MIRROR" "$SUITE" "$SUITE"
-    printf 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n'
-    if [[ -n "$SECURITY" ]]; then
-        printf '\nTypes: deb\nURIs: %s\nSuites: %s-security\nComponents: main\n' "$SECURITY" "$SUITE"
+    # Updates and security fixes from the same mirrors the host uses.
+    rm -f "$ROOTFS/etc/apt/sources.list"
+    {
+        printf 'Types: deb\nURIs: %s\nSuites: %s %s-updates\nComponents: main\n' "$MIRROR" "$SUITE" "$SUITE"
         printf 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n'
-    fi
-} >"$ROOTFS/etc/apt/sources.list.d/debian.sources"
+        if [[ -n "$SECURITY" ]]; then
+            printf '\nTypes: deb\nURIs: %s\nSuites: %s-security\nComponents: main\n' "$SECURITY" "$SUITE"
+            printf 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n'
+        fi
+    } >"$ROOTFS/etc/apt/sources.list.d/debian.sources"
 
-rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/cache/apt/* "$ROOTFS"/var/log/*.log \
-    "$ROOTFS"/usr/share/doc/*/changelog* "$ROOTFS"/usr/share/man/* "$ROOTFS"/usr/share/info/*
+    # What debootstrap installed before those rules existed: trim it the same way.
+    find "$ROOTFS/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+    find "$ROOTFS/usr/share/locale" -mindepth 1 -maxdepth 1 -not -name locale.alias -exec rm -rf {} +
+    rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/cache/apt/* "$ROOTFS"/var/log/*.log \
+        "$ROOTFS"/usr/share/man/* "$ROOTFS"/usr/share/info/* "$ROOTFS"/usr/share/lintian/*
 
-log "importing the root filesystem as $TAG"
-tar --numeric-owner -C "$ROOTFS" -c . | docker import \
-    -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    -c 'CMD ["bash"]' \
-    -m "debootstrap --variant=minbase $SUITE" - "$TAG" >/dev/null
-log "created $TAG ($(docker image inspect -f '{{.Size}}' "$TAG") bytes) in $((SECONDS - start)) s"
+    log "importing the root filesystem as $TAG"
+    tar --numeric-owner -C "$ROOTFS" -c . | docker import \
+        -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        -c 'CMD ["bash"]' \
+        -m "debootstrap --variant=minbase $SUITE" - "$TAG" >/dev/null
+    log "created $TAG ($(docker image inspect -f '{{.Size}}' "$TAG") bytes) in $((SECONDS - start)) s"
+}
+
+# Sourcing the script (as its tests do) only defines the functions.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    main "$@"
+fi

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 02:20:23.171980
+Create Date: 2026-11-22 02:32:25.535685
 """
 
 from collections.abc import Sequence
@@ -34,6 +34,13 @@ def upgrade() -> None:
     sa.Column('profiles', sa.JSON(), nullable=False),
     sa.Column('build_context', sa.String(length=512), nullable=True),
     sa.Column('build_log', sa.Text(), nullable=False),
+    sa.Column('status_detail', sa.Text(), nullable=False),
+    sa.Column('work_queued', sa.String(length=16), nullable=True),
+    sa.Column('work_queued_at', hub.models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('build_started_at', hub.models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('build_finished_at', hub.models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('worker_heartbeat_at', hub.models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('inspected_at', hub.models.base.UTCDateTime(timezone=True), nullable=True),
     sa.Column('contents', sa.JSON(), nullable=False),
     sa.Column('created_by', sa.String(length=64), nullable=False),
     sa.Column('created_at', hub.models.base.UTCDateTime(timezone=True), nullable=False),
@@ -41,6 +48,9 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_images')),
     sa.UniqueConstraint('reference', name=op.f('uq_images_reference'))
     )
+    with op.batch_alter_table('images', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_images_work_queued'), ['work_queued'], unique=False)
+
     op.create_table('job_definitions',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('owner', sa.String(length=64), nullable=False),
@@ -105,6 +115,7 @@ def upgrade() -> None:
     sa.Column('reason', sa.Text(), nullable=False),
     sa.Column('engine_handle', sa.String(length=255), nullable=True),
     sa.Column('node', sa.String(length=255), nullable=True),
+    sa.Column('worker', sa.String(length=128), nullable=True),
     sa.Column('log_location', sa.String(length=512), nullable=True),
     sa.Column('token_hash', sa.String(length=128), nullable=True),
     sa.Column('queued_at', hub.models.base.UTCDateTime(timezone=True), nullable=False),
@@ -116,9 +127,11 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('runs', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_runs_definition_id'), ['definition_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_runs_finished_at'), ['finished_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_runs_image'), ['image'], unique=False)
         batch_op.create_index('ix_runs_owner_id', ['owner', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_runs_retry_of_id'), ['retry_of_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_runs_started_at'), ['started_at'], unique=False)
         batch_op.create_index('ix_runs_status_id', ['status', 'id'], unique=False)
 
     op.create_table('tables',
@@ -246,9 +259,11 @@ def downgrade() -> None:
     op.drop_table('tables')
     with op.batch_alter_table('runs', schema=None) as batch_op:
         batch_op.drop_index('ix_runs_status_id')
+        batch_op.drop_index(batch_op.f('ix_runs_started_at'))
         batch_op.drop_index(batch_op.f('ix_runs_retry_of_id'))
         batch_op.drop_index('ix_runs_owner_id')
         batch_op.drop_index(batch_op.f('ix_runs_image'))
+        batch_op.drop_index(batch_op.f('ix_runs_finished_at'))
         batch_op.drop_index(batch_op.f('ix_runs_definition_id'))
 
     op.drop_table('runs')
@@ -261,5 +276,8 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_job_definitions_owner'))
 
     op.drop_table('job_definitions')
+    with op.batch_alter_table('images', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_images_work_queued'))
+
     op.drop_table('images')
     # ### end Alembic commands ###

@@ -1,0 +1,45 @@
+"""Job backends, built by name: the worker asks for one and never imports an engine's SDK.
+
+| name   | where runs go                            | file        |
+|--------|------------------------------------------|-------------|
+| docker | containers on one Docker engine          | docker.py   |
+| local  | local processes (development mode)       | local.py    |
+
+A new engine (Swarm, ECS) is one more file implementing ``JobBackend`` and one more line
+in ``make_backend``.
+"""
+
+from __future__ import annotations
+
+from hub.settings import Settings
+from spawner.jobs.base import JobBackend
+
+BACKEND_NAMES = ("docker", "local")
+
+
+def resolve_backend_name(settings: Settings) -> str:
+    """``auto`` means Docker when an engine answers, else local processes."""
+    if settings.job_backend != "auto":
+        return settings.job_backend
+    from spawner.engine import check_docker
+
+    return "docker" if check_docker().available else "local"
+
+
+def make_backend(name: str, settings: Settings, *, namespace: str) -> JobBackend:
+    if name == "docker":
+        from spawner.environment import dockyard_url_for_containers
+        from spawner.jobs.docker import DockerJobBackend
+
+        url = settings.job_dockyard_url or dockyard_url_for_containers(settings)
+        return DockerJobBackend(
+            namespace, url, network=settings.docker_network, pids_limit=settings.job_pids_limit,
+            pool_size=2 * settings.max_concurrent_runs + 8,
+        )
+    if name == "local":
+        from spawner.environment import dockyard_url_for_processes
+        from spawner.jobs.local import LocalJobBackend
+
+        url = settings.job_dockyard_url or dockyard_url_for_processes(settings)
+        return LocalJobBackend(namespace, url, root=settings.home / "jobs-local")
+    raise ValueError(f"unknown job backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
