@@ -96,6 +96,8 @@ def frame_job(kind: str, url: str, raw_path: str, rows: int, queue: Any) -> None
     os.remove(warm_path)
     client.store_dataframe(tiny, "bench", "warm")
     client.load_dataframe("bench", "warm")
+    # Earlier writes' dirty pages would otherwise be flushed during this operation.
+    os.sync()
     memory = PeakMemory()
     memory.start()
     start = time.perf_counter()

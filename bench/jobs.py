@@ -301,20 +301,20 @@ def main() -> int:
         "alice, by finish time": "limit=50&sort=-finished",
     }
     raw = raw_list_latency(db_path, 200)
-    print(f"   raw SQL page          {summary(raw)}")
+    print(f"   raw SQL page              {summary(raw)}")
     worst = 0.0
     for name, query in queries.items():
         list_latency(session, url, query, 5)
         times = list_latency(session, url, query, 200)
         worst = max(worst, percentile(times, 95))
-        print(f"   API {name:<19}{summary(times)}")
+        print(f"   API {name:<22}{summary(times)}")
     cursor = session.get(f"{url}/api/v1/runs?limit=50").json()["next_cursor"]
     deep = list_latency(session, url, f"limit=50&cursor={cursor}", 200)
-    print(f"   API page 2 (cursor)   {summary(deep)}")
+    print(f"   API page 2 (cursor)       {summary(deep)}")
     admin = requests.Session()
     admin.headers["Authorization"] = "token bench-admin"
     everyone = list_latency(admin, url, "limit=50", 200)
-    print(f"   API admin, everyone   {summary(everyone)}")
+    print(f"   API admin, everyone       {summary(everyone)}")
     worst = max(worst, percentile(deep, 95), percentile(everyone, 95))
     print(f"   worst p95 {worst * 1000:.1f} ms (goal ≤ 50 ms); ratio to raw SQL p95 "
           f"{worst / percentile(raw, 95):.1f}×")

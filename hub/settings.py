@@ -23,6 +23,8 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from hub.jobs.pools import JobPoolConfig, parse_pools
+
 ENV_PREFIX = "DOCKYARD_"
 SUPPORTED_DATABASES = ("sqlite", "postgresql")
 
@@ -194,6 +196,15 @@ class Settings(BaseSettings):
         description="Where job runs start. auto: Docker when an engine answers, else "
         "local processes (development mode).",
     )
+    job_pools: dict[str, JobPoolConfig] = Field(
+        {},
+        description="Named job pools beyond `default` (which is DOCKYARD_JOB_BACKEND), as "
+        'JSON or [job_pools.NAME] TOML tables, e.g. {"swarm": {"backend": "swarm"}, '
+        '"ecs": {"backend": "ecs", "cluster": "batch", "subnets": ["subnet-1"], '
+        '"execution_role_arn": "arn:…", "log_group": "/dockyard/jobs", "users": ["alice"]}}. '
+        "Options per backend: see hub/jobs/pools.py. AWS credentials come from the "
+        "standard AWS chain, never from here.",
+    )
     max_concurrent_runs: int = Field(8, ge=1, description="Runs executing at once, all users.")
     max_runs_per_user: int = Field(4, ge=1, description="Runs executing at once for one user.")
     worker_poll_seconds: float = Field(
@@ -215,8 +226,12 @@ class Settings(BaseSettings):
         "gateway; the public URL for local processes).",
     )
     job_max_cpu: float = Field(8.0, gt=0, description="Most CPUs one run may ask for.")
-    job_max_memory_mb: int = Field(32768, ge=64, description="Most memory (MB) one run may ask for.")
-    job_max_gpu: int = Field(0, ge=0, description="Most GPUs one run may ask for (0: no GPUs offered).")
+    job_max_memory_mb: int = Field(
+        32768, ge=64, description="Most memory (MB) one run may ask for."
+    )
+    job_max_gpu: int = Field(
+        0, ge=0, description="Most GPUs one run may ask for (0: no GPUs offered)."
+    )
     job_max_timeout_seconds: int = Field(
         7 * 86400, ge=60, description="Longest timeout a run may ask for; runs without one "
         "are stopped after this long.",
@@ -317,6 +332,11 @@ class Settings(BaseSettings):
         if len(set(names)) != len(names):
             raise ValueError(f"profile names must be distinct (got {', '.join(names)})")
         return value
+
+    @field_validator("job_pools", mode="before")
+    @classmethod
+    def _valid_pools(cls, value: Any) -> Any:
+        return parse_pools(value)
 
     @field_validator("database_url", "hub_database_url", mode="after")
     @classmethod

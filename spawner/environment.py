@@ -16,6 +16,8 @@ import ipaddress
 from hub.settings import Settings
 
 LOOPBACK = "127.0.0.1"
+# Where containers see a local data root (a bind mount of DOCKYARD_DATA_ROOT).
+CONTAINER_DATA_ROOT = "/dockyard/data"
 
 
 def uses_containers(spawner: str, job_backend: str) -> bool:
@@ -74,13 +76,21 @@ def dockyard_url_for_processes(settings: Settings) -> str:
     return settings.base_url + "/services/dockyard/"
 
 
-def container_environment(settings: Settings, dockyard_url: str) -> dict[str, str]:
+def local_data_root(settings: Settings) -> str | None:
+    """The host directory of the data root, when it is one (not s3://): containers need
+    it mounted, at CONTAINER_DATA_ROOT."""
+    return None if settings.data_dir.startswith("s3://") else settings.data_dir
+
+
+def container_environment(settings: Settings, dockyard_url: str, *,
+                          data_root_mounted_at: str | None = None) -> dict[str, str]:
     """Variables every notebook server and job finds set, so the data client, Spark and
     Ray work with no setup. The token is not here: notebooks use their own
-    JUPYTERHUB_API_TOKEN, jobs get a run-scoped DOCKYARD_TOKEN."""
+    JUPYTERHUB_API_TOKEN, jobs get a run-scoped DOCKYARD_TOKEN. A local data root
+    mounted elsewhere in a container is named by ``data_root_mounted_at``."""
     env = {
         "DOCKYARD_URL": dockyard_url,
-        "DOCKYARD_DATA_ROOT": settings.data_dir,
+        "DOCKYARD_DATA_ROOT": data_root_mounted_at or settings.data_dir,
     }
     if settings.data_s3_endpoint_url:
         env["AWS_ENDPOINT_URL_S3"] = settings.data_s3_endpoint_url

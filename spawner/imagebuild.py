@@ -279,14 +279,20 @@ class ImageBuild:
         """Run the build, yielding each line of progress; raises BuildError on failure."""
         started = time.monotonic()
         try:
+            entries = collect_context(self.spec, read_build_ca(self.build_ca))
+            context, version = write_context(entries, self.build_args)
+        except OSError as exc:
+            raise ContextError(f"cannot read the build context: {exc}") from None
+        try:
             client = self._client_factory()
-            client.ping()
         except (DockerException, OSError) as exc:
             raise BuildError(f"no Docker engine answered: {_first_line(exc)}") from None
         try:
+            try:
+                client.ping()
+            except (DockerException, OSError) as exc:
+                raise BuildError(f"no Docker engine answered: {_first_line(exc)}") from None
             yield from self._ensure_bases(client)
-            entries = collect_context(self.spec, read_build_ca(self.build_ca))
-            context, version = write_context(entries, self.build_args)
             size_mb = len(context.getvalue()) / 1e6
             yield self._emit(
                 f"context: {len(entries)} entries, {size_mb:.1f} MB, version {version}"
@@ -299,6 +305,9 @@ class ImageBuild:
             size = int(client.api.inspect_image(image_id)["Size"])
         except APIError as exc:
             raise BuildError(f"the Docker engine refused: {exc.explanation or exc}") from None
+        except (DockerException, OSError) as exc:
+            # requests' connection errors and timeouts are OSErrors.
+            raise BuildError(f"lost the Docker engine: {_first_line(exc)}") from None
         finally:
             client.close()
         self.result = BuildResult(

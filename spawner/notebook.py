@@ -20,6 +20,7 @@ Local processes (``SimpleLocalProcessSpawner``) stand in when there is no engine
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import tarfile
 import threading
@@ -40,10 +41,12 @@ from hub.choices import RuntimeChoice
 from hub.notebooks import ImageNotAllowed, NotebookImage, NotebookImages
 from hub.settings import NotebookProfile, Settings
 from spawner.environment import (
+    CONTAINER_DATA_ROOT,
     container_environment,
     container_gateway,
     dockyard_url_for_containers,
     dockyard_url_for_processes,
+    local_data_root,
 )
 from spawner.options import (
     InvalidChoice,
@@ -101,10 +104,15 @@ class DockyardDockerSpawner(DockerSpawner):
     shared_volume = Unicode("{dockyard}-shared", config=True, help="The team's shared volume.")
     shared_dir = Unicode("/shared", config=True, help="Where the shared volume is mounted.")
     shared_writable = Bool(False, config=True, help="Mount the shared volume read-write.")
+    data_root = Unicode(
+        "", config=True,
+        help=f"Host directory of a local data root, mounted read-write at {CONTAINER_DATA_ROOT} "
+        "so the data client writes its batches there (empty for s3:// roots).",
+    )
     notebook_uid = Int(1000, config=True, help="User id the server runs as (never 0).")
     notebook_gid = Int(100, config=True, help="Group id the server runs as.")
     probe_interval = Float(
-        0.05, config=True,
+        0.02, config=True,
         help="Seconds between connect probes while a server starts; stretched when many "
         "servers start at once, so that probing never costs the hub much CPU.",
     )
@@ -122,6 +130,7 @@ class DockyardDockerSpawner(DockerSpawner):
         self.choice: NotebookChoice | None = None
         self._volumes_ready: asyncio.Future[list[str]] | None = None
         self._image_info: dict[str, Any] | None = None
+        self._chosen: dict[str, str] = {}  # image and profile, as kept in the hub's state
         # Progress of the current start, for the page that shows it.
         self._events: list[dict[str, Any]] = []
         self._events_changed = asyncio.Event()
@@ -253,11 +262,14 @@ class DockyardDockerSpawner(DockerSpawner):
     # -- storage -----------------------------------------------------------------------
     @default("volumes")
     def _default_volumes(self) -> dict[str, Any]:
-        return {
+        volumes: dict[str, Any] = {
             self.home_volume: {"bind": self.home_dir, "mode": "rw"},
             self.shared_volume: {"bind": self.shared_dir,
                                  "mode": "rw" if self.shared_writable else "ro"},
         }
+        if self.data_root:
+            volumes[self.data_root] = {"bind": CONTAINER_DATA_ROOT, "mode": "rw"}
+        return volumes
 
     def volumes_to_own(self) -> dict[str, str]:
         """Volumes the notebook user must be able to write: name -> mount point."""
@@ -284,7 +296,8 @@ class DockyardDockerSpawner(DockerSpawner):
                 return name
 
         names = [self.format_volume_name(v, self) for v in self.volumes]
-        return [n for n in await asyncio.gather(*(ensure(n) for n in names)) if n]
+        named = [n for n in names if not n.startswith("/")]  # not host directories
+        return [n for n in await asyncio.gather(*(ensure(n) for n in named)) if n]
 
     async def owner_of(self, container_id: str, path: str) -> tuple[int, int]:
         """Owner of ``path`` in a created (not started) container, read from the first
@@ -461,19 +474,25 @@ class DockyardDockerSpawner(DockerSpawner):
     # -- state kept across hub restarts ------------------------------------------------
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
-        if self.object_id and self.choice is not None:
-            state["image"] = self.choice.image.reference
-            state["profile"] = self.choice.profile.name
+        if self.object_id:
+            if self.choice is not None:
+                self._chosen = {"image": self.choice.image.reference,
+                                "profile": self.choice.profile.name}
+            state.update(self._chosen)
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
-        if state.get("image"):
-            self.image = state["image"]
+        # After a hub restart: what the adopted server was started with, kept for the
+        # state the hub writes back.
+        self._chosen = {key: state[key] for key in ("image", "profile") if key in state}
+        if "image" in self._chosen:
+            self.image = self._chosen["image"]
 
     def clear_state(self) -> None:
         super().clear_state()
         self.choice = None
+        self._chosen = {}
 
 
 class DockyardSwarmSpawner(DockyardDockerSpawner, SwarmSpawner):
@@ -633,12 +652,37 @@ def _configure_containers(c: Any, settings: Settings, runtime: RuntimeChoice) ->
     section.name_prefix = settings.docker_name_prefix
     section.shared_writable = settings.shared_writable
     section.remove = True  # a stopped server's container goes; its home volume stays
+    data_root = local_data_root(settings)
+    if data_root:
+        section.data_root = data_root
+        _let_notebooks_write(Path(data_root), default=settings.data_root == "")
     if not swarm:
         section.network_name = settings.docker_network
         # The hub and proxy on this machine reach the container on the bridge directly,
         # so no port is published on the host.
         section.use_internal_ip = True
-    c.Spawner.environment = container_environment(settings, dockyard_url_for_containers(settings))
+    c.Spawner.environment = container_environment(
+        settings, dockyard_url_for_containers(settings),
+        data_root_mounted_at=CONTAINER_DATA_ROOT if data_root else None,
+    )
+
+
+def _let_notebooks_write(data_root: Path, *, default: bool) -> None:
+    """Notebooks (uid 1000) write their batches into a local data root. Dockyard's own
+    default directory is handed to them when the hub runs as root; a directory an admin
+    chose is never changed behind their back, only reported."""
+    uid, gid = DockyardDockerSpawner.notebook_uid.default_value, \
+        DockyardDockerSpawner.notebook_gid.default_value
+    data_root.mkdir(parents=True, exist_ok=True)
+    if data_root.stat().st_uid == uid:
+        return
+    if default and os.geteuid() == 0:
+        os.chown(data_root, uid, gid)
+        return
+    if data_root.stat().st_mode & 0o002 == 0:
+        logging.getLogger("JupyterHub").warning(
+            "Notebooks run as uid %s and may not be able to write the data root %s; make "
+            "it writable for that user, or use an s3:// data root.", uid, data_root)
 
 
 def _configure_local(c: Any, settings: Settings, python: str) -> None:

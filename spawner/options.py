@@ -153,7 +153,7 @@ def render_form(
         allowed = ", ".join(describe(p) for p in profiles_for(image, profiles))
         badge = ' <span class="badge bg-secondary">default</span>' if image.default else ""
         parts.append(
-            '<div class="form-check card card-body mb-2">'
+            '<div class="card mb-2"><div class="card-body"><div class="form-check">'
             f'<input class="form-check-input" type="radio" name="image" id="{field_id}" '
             f'value="{escape(image.reference)}"'
             f'{" checked" if image.reference == selected_image else ""}>'
@@ -161,7 +161,7 @@ def render_form(
             f'<strong>{escape(image.reference)}</strong>'
             f"{badge}"
             f'<br><span class="text-muted">{escape(image.description)}</span>'
-            f'<br><small>Profiles: {escape(allowed)}</small></label></div>'
+            f'<br><small>Profiles: {escape(allowed)}</small></label></div></div></div>'
         )
     parts.append("</fieldset>")
     parts.append('<fieldset class="mb-2" id="dockyard-profiles">'

@@ -75,6 +75,6 @@ def test_readme_configuration_table_matches_settings() -> None:
     readme = README.read_text()
     table = markdown_table()
     assert table in readme, "README configuration table is out of date"
-    documented = set(re.findall(r"`(DOCKYARD_[A-Z_]+)`", readme))
+    documented = set(re.findall(r"`(DOCKYARD_[A-Z0-9_]+)`", readme))
     for name in Settings.model_fields:
         assert f"DOCKYARD_{name.upper()}" in documented

@@ -97,6 +97,27 @@ def start(role: str, bind: str, threads: int) -> None:
         run_worker(settings)
 
 
+@main.command("engine-proxy")
+@click.option("--bind", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--port", default=2375, show_default=True, help="Port to listen on.")
+@click.option("--socket", "socket_path", default="/var/run/docker.sock", show_default=True,
+              help="The Docker engine's socket.")
+def engine_proxy(bind: str, port: int, socket_path: str) -> None:
+    """Serve a read-only view of the Docker engine (image metadata, the container list)
+    for the web container, which gets no socket of its own."""
+    from hub.engine_proxy import make_server
+
+    settings_for_command()
+    server = make_server(bind, port, socket_path)
+    click.echo(f"Read-only Docker API for {socket_path} on {bind}:{port}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 @main.group("backup")
 def backup() -> None:
     """Copy the data catalog's files out of the data root and back (see README)."""

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 # seconds) is reported as stuck.
 _STUCK_POLLS = 20
 _STUCK_MIN_SECONDS = 30.0
+DB_CHECK_SECONDS = 3.0
 
 
 class WorkerHealth:
@@ -52,13 +53,32 @@ class WorkerHealth:
         body: dict[str, Any] = {"status": "ok", "seconds_since_loop": round(since, 3)}
         if since > self.stuck_after:
             body.update(status="stuck", detail=f"the worker loop has not run for {since:.0f} s")
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except Exception as exc:  # any database failure makes the worker unhealthy
-            reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0:1]
-            body.update(status="database unreachable", detail=" ".join(reason))
+        problem = self._database_problem()
+        if problem:
+            body.update(status="database unreachable", detail=problem)
         return (200 if body["status"] == "ok" else 503), body
+
+    def _database_problem(self) -> str | None:
+        """None when the database answers within DB_CHECK_SECONDS, else why not. The probe
+        runs on its own thread: a connect to a vanished host can hang for minutes, and a
+        health check must answer in time to be of use."""
+        outcome: list[str | None] = []
+
+        def probe() -> None:
+            try:
+                with self.engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+                outcome.append(None)
+            except Exception as exc:  # any database failure makes the worker unhealthy
+                reason = str(getattr(exc, "orig", exc)).strip().splitlines()
+                outcome.append(reason[0] if reason else type(exc).__name__)
+
+        thread = threading.Thread(target=probe, name="health-db-probe", daemon=True)
+        thread.start()
+        thread.join(DB_CHECK_SECONDS)
+        if not outcome:
+            return f"the database did not answer within {DB_CHECK_SECONDS:.0f} s"
+        return outcome[0]
 
 
 class RunStateCollector(Collector):
@@ -105,7 +125,10 @@ def _handler(health: WorkerHealth, scrape: Callable[[], bytes]) -> type[BaseHTTP
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the checker gave up waiting; nothing to tell it
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             log.debug("health listener: " + format, *args)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from hub.jobs.pools import PoolPolicy
 from hub.settings import Settings
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -95,6 +96,9 @@ class JobFieldsIn(BaseModel):
     tags: list[str] | None = Field(None, description="Labels to find runs by.")
     timeout_seconds: int | None = Field(None, ge=1, description="Stop the run after this long.")
     max_retries: int | None = Field(None, ge=0, description="Automatic retries after a failure.")
+    pool: str | None = Field(None, min_length=1, max_length=64,
+                             description="Where the run goes: 'default' or a pool the admin "
+                             "configured (GET /pools lists yours).")
 
     @field_validator("command", mode="before")
     @classmethod
@@ -158,6 +162,8 @@ class JobLimits:
     max_env_vars: int
     max_env_bytes: int
     page_size_max: int
+    #: Which job pools exist and who may use them.
+    pools: PoolPolicy = field(default_factory=PoolPolicy)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobLimits:
@@ -167,6 +173,7 @@ class JobLimits:
             max_retries=settings.job_max_retries, max_command_bytes=settings.job_max_command_bytes,
             max_env_vars=settings.job_max_env_vars, max_env_bytes=settings.job_max_env_bytes,
             page_size_max=settings.api_page_size_max,
+            pools=PoolPolicy.from_settings(settings),
         )
 
     def check(self, fields: dict[str, Any]) -> list[FieldProblem]:

@@ -19,13 +19,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from hub.images.catalog import ImageNotAllowed, resolve_image
+from hub.jobs.pools import DEFAULT_POOL
 from hub.jobs.schemas import DefinitionIn, FieldProblem, JobLimits, RunIn
 from hub.models import FINAL_STATES, JobDefinition, Run, RunEvent, RunState, RunTag
 
 DEFAULT_CPU = 1.0
 DEFAULT_MEMORY_MB = 1024
 RUN_FIELDS = ("image", "command", "cpu", "memory_mb", "gpu", "env", "timeout_seconds",
-              "max_retries")
+              "max_retries", "pool")
 
 
 class Caller(Protocol):
@@ -90,8 +91,15 @@ def get_definition(session: Session, caller: Caller, definition_id: int) -> JobD
     return definition
 
 
-def _definition_values(body: DefinitionIn, limits: JobLimits, session: Session) -> dict[str, Any]:
+def _check_pool(limits: JobLimits, pool: str, caller: Caller) -> list[FieldProblem]:
+    problem = limits.pools.problem(pool, caller)
+    return [FieldProblem("pool", problem)] if problem else []
+
+
+def _definition_values(body: DefinitionIn, limits: JobLimits, session: Session,
+                       caller: Caller) -> dict[str, Any]:
     values = body.model_dump()
+    values["pool"] = values["pool"] or DEFAULT_POOL
     values["cpu"] = values["cpu"] if values["cpu"] is not None else min(DEFAULT_CPU, limits.max_cpu)
     if values["memory_mb"] is None:
         values["memory_mb"] = min(DEFAULT_MEMORY_MB, limits.max_memory_mb)
@@ -100,6 +108,7 @@ def _definition_values(body: DefinitionIn, limits: JobLimits, session: Session) 
     values["tags"] = values["tags"] or []
     values["max_retries"] = values["max_retries"] or 0
     problems = limits.check(values) + _check_image(session, values["image"])
+    problems += _check_pool(limits, values["pool"], caller)
     if problems:
         raise InvalidJob(problems)
     return values
@@ -107,7 +116,7 @@ def _definition_values(body: DefinitionIn, limits: JobLimits, session: Session) 
 
 def create_definition(session: Session, caller: Caller, body: DefinitionIn,
                       limits: JobLimits) -> JobDefinition:
-    values = _definition_values(body, limits, session)
+    values = _definition_values(body, limits, session, caller)
     definition = JobDefinition(owner=caller.name, **values)
     session.add(definition)
     _commit_unique_name(session, body.name)
@@ -117,7 +126,7 @@ def create_definition(session: Session, caller: Caller, body: DefinitionIn,
 def update_definition(session: Session, caller: Caller, definition_id: int, body: DefinitionIn,
                       limits: JobLimits) -> JobDefinition:
     definition = get_definition(session, caller, definition_id)
-    for key, value in _definition_values(body, limits, session).items():
+    for key, value in _definition_values(body, limits, session, caller).items():
         setattr(definition, key, value)
     _commit_unique_name(session, body.name)
     return definition
@@ -160,7 +169,8 @@ def create_run(session: Session, caller: Caller, body: RunIn, limits: JobLimits)
     values: dict[str, Any] = {"cpu": min(DEFAULT_CPU, limits.max_cpu),
                               "memory_mb": min(DEFAULT_MEMORY_MB, limits.max_memory_mb),
                               "gpu": 0, "env": {}, "tags": [], "timeout_seconds": None,
-                              "max_retries": 0, "image": None, "command": None}
+                              "max_retries": 0, "image": None, "command": None,
+                              "pool": DEFAULT_POOL}
     definition: JobDefinition | None = None
     if body.definition_id is not None:
         try:
@@ -179,6 +189,7 @@ def create_run(session: Session, caller: Caller, body: RunIn, limits: JobLimits)
     if not values["command"]:
         problems.append(FieldProblem("command", "give a command (or a definition)"))
     problems += limits.check(values) + _check_image(session, values["image"])
+    problems += _check_pool(limits, values["pool"], caller)
     if problems:
         raise InvalidJob(problems)
     reason = f"submitted by run #{caller.run_id}" if caller.run_id else "submitted"
@@ -348,9 +359,11 @@ def list_runs(session: Session, caller: Caller, filters: RunFilters) -> RunPage:
     cursor = _decode_cursor(filters.sort, filters.cursor) if filters.cursor else None
     limit = filters.limit
     if key == "queued":
+        # With a tag, walk the (tag, run_id) index in order instead of sorting its matches.
+        key_column = RunTag.run_id if filters.tag else Run.id
         if cursor and cursor.id is not None:
-            query = query.where(Run.id < cursor.id if descending else Run.id > cursor.id)
-        order = Run.id.desc() if descending else Run.id.asc()
+            query = query.where(key_column < cursor.id if descending else key_column > cursor.id)
+        order = key_column.desc() if descending else key_column.asc()
         rows = list(session.scalars(query.order_by(order).limit(limit + 1)))
         more = len(rows) > limit
         rows = rows[:limit]

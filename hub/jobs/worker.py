@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -47,10 +47,8 @@ from hub.jobs.logs import LogFile, log_path, relative_log_location
 from hub.jobs.service import new_attempt
 from hub.jobs.states import ACTIVE_STATES, advance, deadline_of, outcome
 from hub.jobs.tokens import hash_token, run_token, token_key
-from hub.models import Run, RunState, utcnow
+from hub.models import Run, RunEvent, RunState, utcnow
 from hub.settings import Settings
-from spawner.environment import container_environment
-from spawner.jobs import make_backend, resolve_backend_name
 from spawner.jobs.base import (
     EngineState,
     JobBackend,
@@ -59,6 +57,7 @@ from spawner.jobs.base import (
     JobStatus,
     command_argv,
 )
+from spawner.jobs.pools import JobPool, JobPools, UnknownPool
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +67,10 @@ SYNC_SECONDS = 5.0
 DUTY_SECONDS = 1.0
 #: How many queued runs one claim looks at (after the per-user cut).
 CLAIM_WINDOW = 500
-#: Failed start attempts (engine unreachable) before a run is failed.
+#: Failed start attempts (engine unreachable) before a run is failed, and the pause
+#: before the next attempt (times the attempts so far).
 MAX_START_ERRORS = 3
+START_RETRY_SECONDS = 5.0
 _PG_CLAIM_LOCK = 0x646F6A62  # "dojb": one claimer at a time across workers
 
 
@@ -129,7 +130,7 @@ class LogFollower(threading.Thread):
 
 class Worker:
     def __init__(self, settings: Settings, *, backend: JobBackend | None = None,
-                 name: str | None = None,
+                 pools: JobPools | None = None, name: str | None = None,
                  duties: Sequence[Callable[[Worker], object]] = ()) -> None:
         self.settings = settings
         self.name = name or settings.worker_name or socket.gethostname()
@@ -139,12 +140,14 @@ class Worker:
         self.writes = write_sessions(self.engine)
         self.on_postgres = self.engine.dialect.name == "postgresql"
         self.namespace = job_namespace(settings)
-        self.backend = backend or make_backend(
-            resolve_backend_name(settings), settings, namespace=self.namespace
-        )
+        # One backend per job pool; each run goes to its pool's (most installations have
+        # only the default pool: DOCKYARD_JOB_BACKEND).
+        self.pools = pools or (JobPools.of_backend(backend, settings) if backend is not None
+                               else JobPools.from_settings(settings, namespace=self.namespace))
+        self.backend = self.pools.default.backend
         self.token_key = token_key(settings.home)
         # The same storage, Spark and Ray settings notebooks get.
-        self.extra_env = container_environment(settings, self.backend.dockyard_url)
+        self.extra_env = self.pools.default.extra_env
         self.pool = ThreadPoolExecutor(max_workers=settings.max_concurrent_runs + 4,
                                        thread_name_prefix="run")
         self.wake = threading.Event()
@@ -152,7 +155,8 @@ class Worker:
         self._busy: set[int] = set()
         self._changed: set[int] = set()
         self._followers: dict[int, LogFollower] = {}
-        self._start_errors: dict[int, int] = {}
+        # Runs whose start met an engine error: (errors so far, when to try again).
+        self._start_errors: dict[int, tuple[int, float]] = {}
         self._last_sync = 0.0
         # Other work the worker process does between its runs (the image catalog's builds).
         self.duties = list(duties)
@@ -162,15 +166,25 @@ class Worker:
 
     # -- the loop ------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        self.reconcile()
-        if self.backend.has_events:
-            threading.Thread(target=self.backend.watch, args=(self.notify, stop),
-                             name="engine-events", daemon=True).start()
+        while not stop.is_set():
+            try:
+                self.reconcile()
+                break
+            except Exception as exc:  # engine or database not there yet: wait, never guess
+                log.warning("Cannot reconcile yet (%s); trying again in 5 s", exc)
+                stop.wait(5)
+        for pool in self.pools:
+            if pool.backend.has_events:
+                threading.Thread(target=pool.backend.watch, args=(self.notify, stop),
+                                 name=f"engine-events-{pool.name}", daemon=True).start()
         while not stop.is_set():
             try:
                 self.tick()
             except SQLAlchemyError as exc:
                 log.warning("Database unavailable, trying again shortly: %s", exc)
+                stop.wait(2)
+            except Exception:
+                log.exception("Worker pass failed; trying again shortly")
                 stop.wait(2)
             self.heartbeat()
             self.wake.wait(self.settings.worker_poll_seconds)
@@ -186,7 +200,7 @@ class Worker:
         """One pass: cancel, stop, check, claim."""
         self._cancel_queued()
         now = utcnow()
-        sync_all = (not self.backend.has_events
+        sync_all = (not self.pools.has_events
                     or time.monotonic() - self._last_sync >= SYNC_SECONDS)
         if sync_all:
             self._last_sync = time.monotonic()
@@ -223,7 +237,7 @@ class Worker:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=False)
-        self.backend.close()
+        self.pools.close()
         self.engine.dispose()
 
     def _submit(self, run_id: int, task: Callable[..., None], *args: Any) -> None:
@@ -251,8 +265,23 @@ class Worker:
                 select(Run.id, Run.status, Run.engine_handle, Run.cancel_requested,
                        Run.started_at, Run.timeout_seconds)
                 .where(Run.status.in_(ACTIVE_STATES), Run.worker == self.name,
-                       Run.backend == self.backend.name)
+                       self._served())
             ))
+
+    def _served(self) -> Any:
+        """Runs of the pools this worker serves, on the backend it serves them with."""
+        return or_(*(and_(Run.pool == pool.name, Run.backend == pool.backend.name)
+                     for pool in self.pools))
+
+    def _pool_named(self, name: str | None) -> JobPool:
+        try:
+            return self.pools.get(name or "default")
+        except UnknownPool:
+            return self.pools.default  # only for runs of a pool removed since: see reconcile
+
+    def _pool_of(self, run_id: int) -> JobPool:
+        with self.reads() as session:
+            return self._pool_named(session.scalar(select(Run.pool).where(Run.id == run_id)))
 
     def _queue_has_work(self) -> bool:
         with self.reads() as session:
@@ -307,19 +336,28 @@ class Worker:
                 active[owner] = active.get(owner, 0) + 1
             if not chosen:
                 return []
-            lockable = select(Run.id, Run.queued_at).where(Run.id.in_(chosen),
-                                                           Run.status == RunState.QUEUED)
+            lockable = select(Run.id, Run.queued_at, Run.pool).where(
+                Run.id.in_(chosen), Run.status == RunState.QUEUED)
             if self.on_postgres:
                 lockable = lockable.with_for_update(skip_locked=True)
             rows = session.execute(lockable.order_by(Run.id)).all()
-            # The run's token is valid from the claim on, before its job can use it.
-            return [
-                run_id for run_id, queued_at in rows
+            claimed: list[int] = []
+            for run_id, queued_at, pool in rows:
+                backend_name = self.pools.backend_name(pool)
+                if backend_name is None:  # its pool was removed from the settings meanwhile
+                    advance(session, run_id, RunState.FAILED, actor=self.actor,
+                            why=f"could not start: no job pool named '{pool}' is configured "
+                                f"(pools: {', '.join(self.pools.names)})",
+                            finished_at=utcnow())
+                    continue
+                where = "" if pool == "default" else f" (pool {pool})"
+                # The run's token is valid from the claim on, before its job can use it.
                 if advance(session, run_id, RunState.PENDING, actor=self.actor,
-                           why=f"claimed by {self.name} for the {self.backend.name} backend",
-                           worker=self.name, backend=self.backend.name,
-                           token_hash=hash_token(run_token(self.token_key, run_id, queued_at)))
-            ]
+                           why=f"claimed by {self.name} for the {backend_name} backend{where}",
+                           worker=self.name, backend=backend_name,
+                           token_hash=hash_token(run_token(self.token_key, run_id, queued_at))):
+                    claimed.append(run_id)
+            return claimed
 
     # -- work on one run (in the pool) -----------------------------------------------------
     def _start(self, run_id: int) -> None:
@@ -328,22 +366,28 @@ class Worker:
             if run is None or run.status != RunState.PENDING or run.worker != self.name:
                 return  # cancelled, or no longer ours: starting it now would be wrong
             token = run_token(self.token_key, run.id, run.queued_at)
-            spec = build_spec(run, token=token, dockyard_url=self.backend.dockyard_url,
-                              extra_env=self.extra_env)
+            pool_name = run.pool
+            pool = self.pools.get(pool_name) if pool_name in self.pools.names else None
+            if pool is not None:
+                spec = pool.prepare(build_spec(run, token=token, dockyard_url=pool.dockyard_url,
+                                               extra_env=pool.extra_env))
             stale_hash = run.token_hash != hash_token(token)
         if stale_hash:  # claimed before this worker's key existed: the job's token must work
             with transaction(self.writes) as session:
                 session.execute(update(Run).where(Run.id == run_id).values(
                     token_hash=hash_token(token)).execution_options(synchronize_session=False))
         try:
-            status = self.backend.start(spec)
+            if pool is None:
+                self.pools.get(pool_name)  # raises UnknownPool, a JobStartError
+            assert pool is not None
+            status = pool.backend.start(spec)
         except JobStartError as exc:
             self._settle(run_id, JobStatus(EngineState.MISSING, reason=str(exc)),
                          intent=None, start_error=str(exc))
             return
         except Exception as exc:  # the engine did not answer: try again, then give up
-            errors = self._start_errors.get(run_id, 0) + 1
-            self._start_errors[run_id] = errors
+            errors = self._start_errors.get(run_id, (0, 0.0))[0] + 1
+            self._start_errors[run_id] = (errors, time.monotonic() + START_RETRY_SECONDS * errors)
             log.warning("Starting run %s failed (%d/%d): %s", run_id, errors, MAX_START_ERRORS, exc)
             if errors >= MAX_START_ERRORS:
                 self._start_errors.pop(run_id, None)
@@ -356,6 +400,7 @@ class Worker:
             self.notify(run_id)
 
     def _record_started(self, run_id: int, status: JobStatus) -> None:
+        pool = self._pool_of(run_id)
         with transaction(self.writes) as session:
             session.execute(
                 update(Run).where(Run.id == run_id, Run.status.in_(ACTIVE_STATES))
@@ -363,18 +408,36 @@ class Worker:
                 .execution_options(synchronize_session=False)
             )
             if status.state != EngineState.PENDING:
+                where = "" if pool.name == "default" else f" (pool {pool.name})"
                 advance(session, run_id, RunState.RUNNING, actor=self.actor,
-                        why=f"started on the {self.backend.name} backend",
-                        started_at=status.started_at or utcnow())
+                        why=f"started on the {pool.backend.name} backend{where}",
+                        started_at=status.started_at or utcnow(), reason="")
+        if status.state == EngineState.PENDING and status.reason:
+            self._note_waiting(run_id, status.reason)
         if status.handle:
             self._follow(run_id, status.handle)
+
+    def _note_waiting(self, run_id: int, reason: str) -> None:
+        """The engine holds the job back (e.g. no node has room): say why on the run,
+        once per reason, while it stays PENDING."""
+        with transaction(self.writes) as session:
+            changed = session.execute(
+                update(Run).where(Run.id == run_id, Run.status == RunState.PENDING,
+                                  Run.reason != reason)
+                .values(reason=reason).execution_options(synchronize_session=False)
+            ).rowcount
+            if changed:
+                session.add(RunEvent(run_id=run_id, from_status=RunState.PENDING.value,
+                                     to_status=RunState.PENDING.value, actor=self.actor,
+                                     reason=f"waiting: {reason}"))
 
     def _follow(self, run_id: int, handle: str) -> None:
         with self._lock:
             follower = self._followers.get(run_id)
             if follower is not None and (follower.is_alive() or follower.complete):
                 return
-            follower = LogFollower(self.backend, run_id, handle, self.settings, self.notify)
+            follower = LogFollower(self._pool_of(run_id).backend, run_id, handle,
+                                   self.settings, self.notify)
             self._followers[run_id] = follower
         follower.start()
 
@@ -384,9 +447,11 @@ class Worker:
         if run is None or run.status not in ACTIVE_STATES or run.worker != self.name:
             return
         if run.engine_handle is None:
-            self._start(run_id)  # claimed but never started (or the start was cut short)
+            retry = self._start_errors.get(run_id)
+            if retry is None or time.monotonic() >= retry[1]:
+                self._start(run_id)  # claimed but never started (or the start was cut short)
             return
-        status = self.backend.status(run.engine_handle)
+        status = self._pool_named(run.pool).backend.status(run.engine_handle)
         if status.ended:
             self._settle(run_id, status, intent=None)
         elif status.state == EngineState.RUNNING:
@@ -394,14 +459,17 @@ class Worker:
                 self._record_started(run_id, status)
             else:
                 self._follow(run_id, run.engine_handle)
+        elif status.reason:
+            self._note_waiting(run_id, status.reason)
 
     def _stop(self, run_id: int, intent: RunState) -> None:
         with self.reads() as session:
             run = session.get(Run, run_id)
         if run is None or run.status not in ACTIVE_STATES:
             return
+        backend = self._pool_named(run.pool).backend
         if run.engine_handle is None:
-            found = self.backend.list_jobs().get(run_id)
+            found = backend.list_jobs().get(run_id)
             if found is None or found.handle is None:
                 self._settle(run_id, JobStatus(EngineState.MISSING, reason="never started"),
                              intent=intent)
@@ -409,7 +477,7 @@ class Worker:
             self._record_started(run_id, found)
             run.engine_handle = found.handle
         assert run.engine_handle is not None
-        status = self.backend.stop(run.engine_handle, self.settings.job_stop_grace_seconds)
+        status = backend.stop(run.engine_handle, self.settings.job_stop_grace_seconds)
         if status.ended:
             self._settle(run_id, status, intent=intent)
         else:
@@ -456,7 +524,7 @@ class Worker:
             log.info("Run %s failed; queued attempt run %s", run_id, retry_id)
         if status.handle and status.state != EngineState.MISSING:
             try:
-                self.backend.remove(status.handle)
+                self._pool_of(run_id).backend.remove(status.handle)
             except Exception as exc:  # a leftover is removed by the next reconcile
                 log.warning("Could not remove the job of run %s: %s", run_id, exc)
         with self._lock:
@@ -485,19 +553,43 @@ class Worker:
             return
         try:
             with LogFile(path, self.settings.job_log_max_bytes) as out:
-                for chunk in self.backend.logs(status.handle):
+                for chunk in self._pool_of(run_id).backend.logs(status.handle):
                     out.write(chunk)
         except Exception as exc:
             log.warning("Could not read the log of run %s: %s", run_id, exc)
 
     # -- after a restart ---------------------------------------------------------------------
     def reconcile(self) -> None:
-        """Compare this worker's unfinished runs with the jobs on the engine."""
-        jobs = self.backend.list_jobs()
+        """Compare this worker's unfinished runs with the jobs on every pool's engine."""
+        failed: list[str] = []
+        for pool in self.pools:
+            try:
+                self._reconcile_pool(pool)
+            except Exception as exc:  # try the other pools; the caller tries again
+                log.warning("Reconcile: pool %s is not reachable: %s", pool.name, exc)
+                failed.append(pool.name)
+        self._fail_runs_of_removed_pools()
+        if failed:
+            raise RuntimeError(f"pools not reconciled: {', '.join(failed)}")
+
+    def _fail_runs_of_removed_pools(self) -> None:
+        with transaction(self.writes) as session:
+            orphans = list(session.execute(
+                select(Run.id, Run.pool).where(Run.status.in_(ACTIVE_STATES),
+                                               Run.worker == self.name,
+                                               Run.pool.not_in(self.pools.names))))
+            for run_id, pool in orphans:
+                advance(session, run_id, RunState.FAILED, actor=self.actor,
+                        why=f"its pool '{pool}' is no longer configured; its job may still "
+                            "be on that engine", finished_at=utcnow())
+
+    def _reconcile_pool(self, pool: JobPool) -> None:
+        jobs = pool.backend.list_jobs()
         with self.reads() as session:
             mine = list(session.execute(
                 select(Run.id, Run.status, Run.engine_handle)
-                .where(Run.status.in_(ACTIVE_STATES), Run.backend == self.backend.name,
+                .where(Run.status.in_(ACTIVE_STATES), Run.pool == pool.name,
+                       Run.backend == pool.backend.name,
                        or_(Run.worker == self.name, Run.worker.is_(None)))
             ))
         for run_id, status, handle in mine:
@@ -521,7 +613,7 @@ class Worker:
                 self._submit(run_id, self._start_claimed, run_id)
             else:
                 self._submit(run_id, self._record_started, run_id, job)
-        self._remove_leftovers(jobs)
+        self._remove_leftovers(jobs, pool.backend)
 
     def _settle_ended(self, run_id: int, status: JobStatus) -> None:
         self._settle(run_id, status, intent=None)
@@ -534,7 +626,7 @@ class Worker:
                             .execution_options(synchronize_session=False))
         self._start(run_id)
 
-    def _remove_leftovers(self, jobs: dict[int, JobStatus]) -> None:
+    def _remove_leftovers(self, jobs: dict[int, JobStatus], backend: JobBackend) -> None:
         """Jobs on the engine whose runs have ended (the worker stopped before cleaning up)."""
         if not jobs:
             return
@@ -550,7 +642,7 @@ class Worker:
                 self._keep_log(run_id, job, None)
             log.info("Reconcile: removing the leftover job of ended run %s", run_id)
             try:
-                self.backend.remove(job.handle)
+                backend.remove(job.handle)
             except Exception as exc:
                 log.warning("Could not remove the leftover job of run %s: %s", run_id, exc)
 
@@ -579,8 +671,8 @@ def run_worker(settings: Settings, *, once: bool = False) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _stop)
-    log.info("Worker %s started: %s backend, namespace %s, at most %d runs (%d per user)",
-             worker.name, worker.backend.name, worker.namespace,
+    log.info("Worker %s started: pools %s, namespace %s, at most %d runs (%d per user)",
+             worker.name, worker.pools.describe(), worker.namespace,
              settings.max_concurrent_runs, settings.max_runs_per_user)
     try:
         if once:

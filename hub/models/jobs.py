@@ -59,6 +59,9 @@ class Run(Base):
     __table_args__ = (
         Index("ix_runs_owner_id", "owner", "id"),
         Index("ix_runs_status_id", "status", "id"),
+        # A user's runs sorted by start or finish page by keyset without a sort.
+        Index("ix_runs_owner_started_at", "owner", "started_at"),
+        Index("ix_runs_owner_finished_at", "owner", "finished_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -107,9 +110,11 @@ class RunTag(Base):
     """One row per tag, so the runs list can filter by tag with an index."""
 
     __tablename__ = "run_tags"
+    # (tag, run_id): the runs with a tag, newest first, straight from the index.
+    __table_args__ = (Index("ix_run_tags_tag_run_id", "tag", "run_id"),)
 
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
-    tag: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 
 class RunEvent(Base):

@@ -51,7 +51,7 @@ STATUS_BADGES = {
     RunState.TIMED_OUT: "text-bg-warning",
 }
 JOB_FIELDS = ("image", "command", "cpu", "memory_mb", "gpu", "env", "tags", "timeout_seconds",
-              "max_retries")
+              "max_retries", "pool")
 
 
 def write_db() -> Session:
@@ -199,6 +199,7 @@ def _form_values_from(source: Run | JobDefinition) -> dict[str, str]:
         "tags": ", ".join(tags),
         "timeout_seconds": str(source.timeout_seconds or ""),
         "max_retries": str(source.max_retries),
+        "pool": source.pool,
     }
 
 
@@ -235,6 +236,9 @@ def _parse_job_form(form: Any, errors: dict[str, str]) -> dict[str, Any]:
     tags = [t for t in (form.get("tags") or "").replace(",", " ").split() if t]
     if tags:
         data["tags"] = tags
+    pool = (form.get("pool") or "").strip()
+    if pool:
+        data["pool"] = pool
     return data
 
 
@@ -271,7 +275,7 @@ def _render_launch(values: dict[str, str], errors: dict[str, str], definition_id
     return render_template(
         "jobs/launch.html", values=values, errors=errors, definition_id=definition_id,
         definitions=service.list_definitions(db(), user), images=usable_images(db(), "jobs"),
-        limits=_limits(),
+        limits=_limits(), pools=_limits().pools.usable_by(user),
     ), status
 
 
@@ -388,7 +392,7 @@ def _definition_form(definition: JobDefinition | None, values: dict[str, str],
                      errors: dict[str, str], status: int = 200) -> Any:
     return render_template("jobs/definition_form.html", definition=definition, values=values,
                            errors=errors, images=usable_images(db(), "jobs"),
-                           limits=_limits()), status
+                           limits=_limits(), pools=_limits().pools.usable_by(_caller())), status
 
 
 @bp.get("/definitions/new")

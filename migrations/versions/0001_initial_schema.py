@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 02:32:25.535685
+Create Date: 2026-11-22 03:06:09.168634
 """
 
 from collections.abc import Sequence
@@ -129,7 +129,9 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_runs_definition_id'), ['definition_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_runs_finished_at'), ['finished_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_runs_image'), ['image'], unique=False)
+        batch_op.create_index('ix_runs_owner_finished_at', ['owner', 'finished_at'], unique=False)
         batch_op.create_index('ix_runs_owner_id', ['owner', 'id'], unique=False)
+        batch_op.create_index('ix_runs_owner_started_at', ['owner', 'started_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_runs_retry_of_id'), ['retry_of_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_runs_started_at'), ['started_at'], unique=False)
         batch_op.create_index('ix_runs_status_id', ['status', 'id'], unique=False)
@@ -192,7 +194,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('run_id', 'tag', name=op.f('pk_run_tags'))
     )
     with op.batch_alter_table('run_tags', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_run_tags_tag'), ['tag'], unique=False)
+        batch_op.create_index('ix_run_tags_tag_run_id', ['tag', 'run_id'], unique=False)
 
     op.create_table('batch_reads',
     sa.Column('run_id', sa.Integer(), nullable=False),
@@ -245,7 +247,7 @@ def downgrade() -> None:
     op.drop_table('partition_pointers')
     op.drop_table('batch_reads')
     with op.batch_alter_table('run_tags', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_run_tags_tag'))
+        batch_op.drop_index('ix_run_tags_tag_run_id')
 
     op.drop_table('run_tags')
     with op.batch_alter_table('run_events', schema=None) as batch_op:
@@ -261,7 +263,9 @@ def downgrade() -> None:
         batch_op.drop_index('ix_runs_status_id')
         batch_op.drop_index(batch_op.f('ix_runs_started_at'))
         batch_op.drop_index(batch_op.f('ix_runs_retry_of_id'))
+        batch_op.drop_index('ix_runs_owner_started_at')
         batch_op.drop_index('ix_runs_owner_id')
+        batch_op.drop_index('ix_runs_owner_finished_at')
         batch_op.drop_index(batch_op.f('ix_runs_image'))
         batch_op.drop_index(batch_op.f('ix_runs_finished_at'))
         batch_op.drop_index(batch_op.f('ix_runs_definition_id'))

@@ -13,7 +13,7 @@ from hub.production import ENV_ENTRIES, read_env_file, write_env_file
 from tests.compose.conftest import OFFLINE, PRODUCTION, Compose
 
 SECRET_NAMES = [entry.name for entry in ENV_ENTRIES if entry.generate]
-LONG_RUNNING = ("hub", "web", "worker", "db", "s3")
+LONG_RUNNING = ("hub", "web", "worker", "engine-api", "db", "s3")
 
 
 @pytest.fixture
@@ -26,7 +26,8 @@ def env_file(tmp_path: Path) -> Path:
 def test_production_file_validates_with_generated_env(compose_binary: str, env_file: Path) -> None:
     config = Compose(env_file, "dyc-config").config()
     services = config["services"]
-    assert set(services) == {"hub", "web", "worker", "db", "s3", "s3-init", "notebook"}
+    assert set(services) == {"hub", "web", "worker", "engine-api", "db", "s3", "s3-init",
+                             "notebook"}
     # The notebook image is built on request only; nothing runs from that service.
     assert services["notebook"]["profiles"] == ["images"]
     values = read_env_file(env_file)
@@ -70,8 +71,8 @@ def test_socket_ports_and_health(compose_binary: str, env_file: Path) -> None:
             continue
         mounts = [str(v) for v in service.get("volumes", [])]
         has_socket = any(m.startswith(socket) for m in mounts)
-        # Only the two that start containers get the engine.
-        assert has_socket == (name in ("hub", "worker")), name
+        # Only the two that start containers get the engine, and the read-only proxy.
+        assert has_socket == (name in ("hub", "worker", "engine-api")), name
         assert ("ports" in service) == (name == "hub"), name
         if name in LONG_RUNNING:
             assert service["healthcheck"]["test"], name
@@ -81,6 +82,7 @@ def test_socket_ports_and_health(compose_binary: str, env_file: Path) -> None:
     assert published.startswith("127.0.0.1:8000"), published
     for name in ("hub", "web", "worker"):
         assert "condition" in str(services[name]["depends_on"]["db"])
+    assert services["web"]["environment"]["DOCKER_HOST"] == "tcp://engine-api:2375"
 
 
 def test_offline_override_builds_local_images(compose_binary: str, env_file: Path) -> None:

@@ -73,10 +73,19 @@ $COMPOSE run --rm --no-deps --user root -v "$B:/backup:ro" worker \
 $COMPOSE up -d
 """
 
+# Running while hub, web and worker restart; it waits for Dockyard to answer again before
+# it writes (a job that calls Dockyard during a restart of the web service would fail).
 JOB_SCRIPT = """
-import time, pandas as pd
+import os, time, urllib.request
+import pandas as pd
 from dockyard_data import store_dataframe
-time.sleep(12)  # long enough to be running while hub, web and worker restart
+time.sleep(10)
+for _ in range(300):
+    try:
+        urllib.request.urlopen(os.environ["DOCKYARD_URL"] + "health", timeout=5)
+        break
+    except OSError:
+        time.sleep(1)
 store_dataframe(pd.DataFrame({"n": [1, 2, 3]}), "e2e", "numbers", partition={"day": "20240101"})
 print("stored 3 rows")
 """
@@ -119,7 +128,8 @@ class Stack:
         self.timed(f"up #{len([k for k in self.timings if k.startswith('up')]) + 1}", started)
 
     def wait_ready(self, timeout: float = 300) -> None:
-        self.compose.wait_healthy(["db", "s3", "hub", "web", "worker"], timeout=timeout)
+        self.compose.wait_healthy(["db", "s3", "engine-api", "hub", "web", "worker"],
+                                   timeout=timeout)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # the proxy routes once the hub has added them
             if self.answers("/hub/health") and self.answers("/services/dockyard/health"):

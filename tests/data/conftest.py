@@ -145,7 +145,7 @@ def s3_settings(tmp_path: Path, moto_endpoint: str,
         s3.create_bucket(Bucket=S3_BUCKET)
     except s3.exceptions.BucketAlreadyOwnedByYou:
         pass
-    home = tmp_path / "home"
+    home = tmp_path / "s3-home"
     home.mkdir()
     settings = Settings(home=home, data_root=f"s3://{S3_BUCKET}/{uuid.uuid4().hex[:12]}",
                         data_s3_endpoint_url=moto_endpoint, data_s3_region="us-east-1")

@@ -1,9 +1,8 @@
 """Spark (local mode) and Ray, in the notebook image, read what pandas wrote, through
-load_spark and load_ray over the committed parquet files."""
+load_spark and load_ray over the committed parquet files; and for a table on S3,
+load_spark either reads s3a:// or names the build argument that adds the missing jars."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,9 +17,11 @@ from tests.data.incontainer import NOTEBOOK_IMAGE, run_in_notebook_image
 from tests.support.requirements import require_image
 
 SCRIPT = r"""
+import os
+
 import ray
 from pyspark.sql import SparkSession
-from dockyard_data import load_ray, load_spark
+from dockyard_data import Client, ClientConfig, DockyardError, load_ray, load_spark
 
 spark = SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
 frame = load_spark(spark, "sales", "orders")
@@ -30,6 +31,12 @@ one_day = load_spark(spark, "sales", "orders", partitions=[{"date": "20161031"}]
 assert one_day.count() == 1000 and one_day.columns == ["id"]
 by_day = {r["date"]: r["count"] for r in frame.groupBy("date").count().collect()}
 assert by_day == {"20161030": 1000, "20161031": 1000, "20161101": 1000}, by_day
+
+on_s3 = Client(config=ClientConfig(url=os.environ["S3_DOCKYARD_URL"], token="tok-alice"))
+try:
+    print(f"S3A-READ {on_s3.load_spark(spark, 'sales', 'orders').count()}")
+except DockyardError as exc:
+    print(f"S3A-REFUSED {exc}")
 spark.stop()
 
 ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
@@ -43,9 +50,9 @@ print("SPARK-RAY-OK")
 
 
 @pytest.mark.docker
-@pytest.mark.timeout(600)
-def test_spark_and_ray_read_what_pandas_wrote(connect, live_url: str,
-                                              migrated: Settings) -> None:
+@pytest.mark.timeout(900)
+def test_spark_and_ray_read_what_pandas_wrote(connect, live_url: str, migrated: Settings,
+                                              s3_settings: Settings) -> None:
     require_image(NOTEBOOK_IMAGE)
     alice = connect("tok-alice")
     rng = np.random.default_rng(1)
@@ -53,40 +60,19 @@ def test_spark_and_ray_read_what_pandas_wrote(connect, live_url: str,
         df = pd.DataFrame({"id": np.arange(1000), "price": rng.random(1000),
                            "sku": [f"s{i % 7}" for i in range(1000)]})
         alice.store_dataframe(df, "sales", "orders", partition={"date": day})
-    result = run_in_notebook_image(SCRIPT, program=["python", "-c"], live_url=live_url,
-                                   token="tok-alice", data_dir=migrated.data_dir)
-    assert "SPARK-RAY-OK" in result.stdout, result.stdout[-3000:] + result.stderr[-5000:]
 
-
-S3A_SCRIPT = r"""
-from pyspark.sql import SparkSession
-from dockyard_data import DockyardError, load_spark
-
-spark = SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
-try:
-    count = load_spark(spark, "sales", "orders").count()
-    print(f"S3A-READ {count}")
-except DockyardError as exc:
-    print(f"S3A-REFUSED {exc}")
-"""
-
-
-@pytest.mark.docker
-@pytest.mark.timeout(600)
-def test_spark_on_s3_reads_or_names_the_missing_jars(s3_settings: Settings,
-                                                     tmp_path: Path) -> None:
-    """With the hadoop-aws jars in the image Spark reads s3a://; without them
-    load_spark says which build argument adds them instead of a Java stack trace."""
-    require_image(NOTEBOOK_IMAGE)
-    app = create_app(s3_settings, identity=TokenTable(dict(USERS)))
-    with served(app) as url:
-        alice = Client(config=ClientConfig(url=url, token="tok-alice"))
-        alice.store_dataframe(pd.DataFrame({"id": range(100)}), "sales", "orders")
+    s3_app = create_app(s3_settings, identity=TokenTable(dict(USERS)))
+    with served(s3_app) as s3_url:
+        Client(config=ClientConfig(url=s3_url, token="tok-alice")).store_dataframe(
+            pd.DataFrame({"id": range(100)}), "sales", "orders")
         result = run_in_notebook_image(
-            S3A_SCRIPT, program=["python", "-c"], live_url=url, token="tok-alice",
-            data_dir=str(tmp_path / "unused"),
-            env={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1"})
-        output = result.stdout
-        refused = "S3A-REFUSED" in output and "HADOOP_AWS_JARS" in output
-        assert "S3A-READ 100" in output or refused, output + result.stderr[-3000:]
+            SCRIPT, program=["python", "-c"], live_url=live_url, token="tok-alice",
+            data_dir=migrated.data_dir,
+            env={"S3_DOCKYARD_URL": s3_url, "AWS_ACCESS_KEY_ID": "testing",
+                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
+    output = result.stdout
+    assert "SPARK-RAY-OK" in output, output[-3000:] + result.stderr[-5000:]
+    # With the hadoop-aws jars in the image Spark reads s3a://; without them load_spark
+    # names the build argument that adds them, instead of a Java stack trace.
+    refused = "S3A-REFUSED" in output and "HADOOP_AWS_JARS" in output
+    assert "S3A-READ 100" in output or refused, output[-3000:]

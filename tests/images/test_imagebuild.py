@@ -197,3 +197,46 @@ def test_make_base_is_a_no_op_when_the_tag_exists() -> None:
     done = subprocess.run(["bash", str(MAKE_BASE)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "already present; nothing to do" in done.stdout
+
+
+def test_cli_without_an_engine_fails_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from hub.cli import main
+
+    # Nothing listens on port 1 of the loopback address.
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:1")
+    result = CliRunner().invoke(main, ["images", "build", "test"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith(
+        "dockyard: no Docker engine answered"
+    )
+
+
+def test_cli_rejects_an_unknown_image() -> None:
+    from click.testing import CliRunner
+
+    from hub.cli import main
+
+    result = CliRunner().invoke(main, ["images", "build", "nope"])
+    assert result.exit_code == 2
+    assert "unknown image nope" in result.output
+
+
+@pytest.mark.docker
+def test_failing_step_is_reported_with_its_step(tmp_path: Path) -> None:
+    require_image("debian:bookworm-slim")
+    images = make_images(tmp_path)
+    (images / "test" / "Dockerfile").write_text(
+        "FROM debian:bookworm-slim\nRUN echo about to fail && exit 3\n"
+    )
+    build = ImageBuild("test", images_dir=images)
+    lines: list[str] = []
+    with pytest.raises(BuildError) as failed:
+        for line in build.lines():
+            lines.append(line)
+    message = str(failed.value)
+    assert message.startswith("building dockyard/test failed at Step 2/")
+    assert "non-zero code: 3" in message
+    assert "about to fail" in lines
+    assert build.result is None

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from hub.db import make_engine, make_session_factory
 from hub.models import Image, ImageStatus, Run, RunEvent, RunState
 from hub.settings import Settings
+from tests.browser.conftest import browser, page  # noqa: F401  (Playwright fixtures)
 
 #: A small image with a shell, present wherever the Docker tests run.
 SHELL_IMAGE = "debian:bookworm-slim"

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from hub.models import ImageStatus
-from tests.browser.conftest import browser, page  # noqa: F401  (fixtures)
 from tests.jobs.conftest import SHELL_IMAGE, add_images
 from tests.support.hubproc import RunningHub
 

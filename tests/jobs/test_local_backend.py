@@ -132,3 +132,51 @@ def test_worker_runs_and_cancels_local_jobs(catalog: Settings, client: FlaskClie
         worker.close()
         db.close()
     assert os.path.exists(log_file(settings, slow))
+
+
+class FlakyBackend(LocalJobBackend):
+    """The local backend behind an engine that fails the first ``failures`` starts."""
+
+    def __init__(self, *args: object, failures: int, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.failures = failures
+        self.calls = 0
+
+    def start(self, spec: JobSpec) -> JobStatus:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ConnectionError("engine not answering")
+        return super().start(spec)
+
+
+@pytest.mark.parametrize(("failures", "outcome"), [(2, RunState.SUCCEEDED),
+                                                     (5, RunState.FAILED)])
+def test_engine_errors_at_start_are_retried_then_fail_the_run(
+        catalog: Settings, client: FlaskClient, monkeypatch: pytest.MonkeyPatch,
+        failures: int, outcome: RunState) -> None:
+    import hub.jobs.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "START_RETRY_SECONDS", 0.2)
+    settings = catalog.model_copy(update=dict(job_backend="local", worker_poll_seconds=0.05))
+    backend = FlakyBackend("jtflaky", "http://127.0.0.1:9/",
+                           root=settings.home / "jobs-local", failures=failures)
+    worker = Worker(settings, backend=backend, name="flaky-worker")
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    db = RunsDb(settings.db_url)
+    try:
+        run_id = client.post("/api/v1/runs", headers=auth("tok-alice"), json={
+            "image": SHELL_IMAGE, "command": ["true"]}).json["id"]
+        run = db.wait_for(run_id, RunState.SUCCEEDED, RunState.FAILED, timeout=30)
+        assert run.status == outcome
+        assert backend.calls == min(failures + 1, 3)
+        if outcome == RunState.FAILED:
+            assert run.reason == "could not start: engine not answering"
+        assert [e.to_status for e in db.events(run_id)].count("PENDING") == 1
+    finally:
+        stop.set()
+        worker.wake.set()
+        thread.join(timeout=30)
+        worker.close()
+        db.close()

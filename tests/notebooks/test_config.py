@@ -53,7 +53,7 @@ def test_docker_notebooks_reach_dockyard_at_the_gateway(
     env = c.Spawner.environment
     assert env["DOCKYARD_URL"] == f"http://{GATEWAY}:{settings.web_port}/services/dockyard/"
     assert env["SPARK_MASTER"] == "spark://m:7077" and env["RAY_ADDRESS"] == "ray://r:10001"
-    assert env["DOCKYARD_DATA_ROOT"] == settings.data_dir
+    assert env["DOCKYARD_DATA_ROOT"] == "/dockyard/data"  # where the local root is mounted
     assert "access:services!service=dockyard" in c.Spawner.server_token_scopes
     assert c.JupyterHub.allow_named_servers is True
     assert c.JupyterHub.named_server_limit_per_user == 2
@@ -174,3 +174,29 @@ def test_docker_calls_of_many_spawns_run_side_by_side(monkeypatch: pytest.Monkey
 def test_root_is_refused_as_the_notebook_user() -> None:
     with pytest.raises(TraitError, match="never run as root"):
         make_spawner(notebook_uid=0)
+
+
+def test_an_adopted_server_keeps_its_recorded_choice() -> None:
+    """After a hub restart the spawner knows its container from the saved state, and
+    writes the image and profile back unchanged."""
+    spawner = make_spawner()
+    state = {"object_id": "abc123", "object_name": "dy-nb-alice", "image": "team/nb:1",
+             "profile": "large"}
+    spawner.load_state(state)
+    assert spawner.object_id == "abc123" and spawner.image == "team/nb:1"
+    assert spawner.get_state() == state
+    spawner.clear_state()
+    assert "image" not in spawner.get_state()
+
+
+def test_a_local_data_root_is_mounted_for_the_data_client(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = configured(settings, "docker", monkeypatch)
+    assert c.DockyardDockerSpawner.data_root == settings.data_dir
+    assert c.Spawner.environment["DOCKYARD_DATA_ROOT"] == "/dockyard/data"
+    spawner = make_spawner(data_root=settings.data_dir)
+    assert spawner.volume_binds[settings.data_dir] == {"bind": "/dockyard/data", "mode": "rw"}
+    on_s3 = configured(settings, "docker", monkeypatch, data_root="s3://bucket/data")
+    assert on_s3.Spawner.environment["DOCKYARD_DATA_ROOT"] == "s3://bucket/data"
+    assert "data_root" not in on_s3.DockyardDockerSpawner

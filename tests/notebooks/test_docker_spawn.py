@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -15,6 +17,11 @@ from tests.notebooks.conftest import TEST_IMAGE, NotebookHub
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
+STORE_AND_LOAD = (
+    "import pandas as pd, dockyard_data as d; "
+    "d.store_dataframe(pd.DataFrame({'a': [1, 2]}), 'nbtest', 'numbers'); "
+    "print('rows:', len(d.load_dataframe('nbtest', 'numbers')))"
+)
 WHOAMI = (
     "import json, os, urllib.request; "
     "req = urllib.request.Request(os.environ['DOCKYARD_URL'] + 'api/v1/user', "
@@ -44,11 +51,12 @@ def test_each_user_gets_an_unprivileged_limited_container_with_own_home(
         assert not host["Privileged"]
         assert not host["PortBindings"], "nothing is published on the host"
         mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
-        assert set(mounts) == {"/home/jovyan", "/shared"}, "and no Docker socket"
+        assert set(mounts) == {"/home/jovyan", "/shared", "/dockyard/data"}, "no Docker socket"
         assert mounts["/home/jovyan"]["Name"] == f"{prefix}-home-{user}"
         assert mounts["/home/jovyan"]["RW"] is True
         assert mounts["/shared"]["Name"] == f"{prefix}-shared"
         assert mounts["/shared"]["RW"] is False
+        assert mounts["/dockyard/data"]["Source"] == str(notebook_hub.hub.home / "data")
 
         assert notebook_hub.run_in(container, "id", "-u") == (0, "1000")
         code, status = notebook_hub.run_in(container, "grep", "-E", "CapEff|NoNewPrivs",
@@ -66,6 +74,12 @@ def test_each_user_gets_an_unprivileged_limited_container_with_own_home(
         assert env["DOCKYARD_PROFILE"] in ("small", "large")
         assert notebook_hub.run_in(container, "python3", "-c", WHOAMI) == (0, user)
 
+    # The data client works with no setup: a batch written in alice's notebook lands in
+    # the local data root (mounted) and is committed through Dockyard's API.
+    code, output = notebook_hub.run_in(alice, "python3", "-c", STORE_AND_LOAD)
+    assert (code, output.splitlines()[-1]) == (0, "rows: 2"), output
+    assert list((notebook_hub.hub.home / "data" / "nbtest" / "numbers").iterdir())
+
 
 def test_home_survives_stop_and_start(notebook_hub: NotebookHub) -> None:
     notebook_hub.start("carol")
@@ -75,12 +89,38 @@ def test_home_survives_stop_and_start(notebook_hub: NotebookHub) -> None:
     with pytest.raises(Exception, match="No such container|404"):
         notebook_hub.container("carol")  # the container went; the volume stays
 
-    notebook_hub.start("carol", {"profile": "large"})
+    # Start again, watching the progress stream the spawn page shows.
+    with ThreadPoolExecutor(1) as background:
+        spawned = background.submit(notebook_hub.spawn, "carol", {"profile": "large"})
+        messages = progress_messages(notebook_hub, "carol")
+        assert spawned.result().status_code in (201, 202)
+    notebook_hub.wait_ready("carol")
+    assert "Creating the container" in messages
+    assert "Container started; waiting for Jupyter to answer" in messages
+    assert messages[-1].startswith("Server ready")
     second = notebook_hub.container("carol")
     assert second.id != first.id
     assert notebook_hub.run_in(second, "cat", "/home/jovyan/note.txt") == (0, "kept")
     assert second.attrs["HostConfig"]["Memory"] == 1024**3  # the new choice applies
     notebook_hub.stop("carol")
+
+
+def progress_messages(notebook_hub: NotebookHub, user: str) -> list[str]:
+    """Messages of the progress event stream of ``user``'s spawn, until it is ready."""
+    deadline = time.monotonic() + 10
+    while notebook_hub.server_model(user) is None:  # the spawn request has not landed yet
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    response = notebook_hub.api("GET", f"/users/{user}/server/progress",
+                                notebook_hub.user(user), stream=True)
+    messages = []
+    for line in response.iter_lines(decode_unicode=True):
+        if line and line.startswith("data:"):
+            event = json.loads(line[5:])
+            messages.append(event.get("message", ""))
+            if event.get("ready") or event.get("failed"):
+                break
+    return messages
 
 
 def test_a_user_cannot_reach_another_users_server(notebook_hub: NotebookHub) -> None:

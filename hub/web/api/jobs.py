@@ -40,6 +40,11 @@ class RunOut(BaseModel):
     attempt: int
     retry_of_id: int | None
     backend: str | None
+    pool: str = Field(description="The job pool the run went to.")
+    node: str | None = Field(description="Where it ran: the Swarm node, the ECS container "
+                             "instance (or Fargate zone).")
+    engine_handle: str | None = Field(description="The engine's id of its job: container "
+                                      "id, Swarm service id, ECS task ARN.")
     status: RunState
     cancel_requested: bool
     exit_code: int | None
@@ -58,6 +63,7 @@ class RunOut(BaseModel):
             gpu=run.gpu, env=run.env, tags=[t.tag for t in run.tags],
             timeout_seconds=run.timeout_seconds, max_retries=run.max_retries,
             attempt=run.attempt, retry_of_id=run.retry_of_id, backend=run.backend,
+            pool=run.pool, node=run.node, engine_handle=run.engine_handle,
             status=run.status, cancel_requested=run.cancel_requested, exit_code=run.exit_code,
             reason=run.reason, queued_at=run.queued_at, started_at=run.started_at,
             finished_at=run.finished_at, duration_seconds=duration_seconds(run),
@@ -93,6 +99,7 @@ class DefinitionOut(BaseModel):
     tags: list[str]
     timeout_seconds: int | None
     max_retries: int
+    pool: str
     created_at: datetime
     updated_at: datetime
 
@@ -103,6 +110,17 @@ class DefinitionOut(BaseModel):
 
 class DefinitionListOut(BaseModel):
     definitions: list[DefinitionOut]
+
+
+class PoolOut(BaseModel):
+    name: str
+    backend: str = Field(description="docker, swarm, ecs or local (auto: the installation's "
+                         "choice).")
+    description: str
+
+
+class PoolListOut(BaseModel):
+    pools: list[PoolOut]
 
 
 class EventOut(BaseModel):
@@ -223,6 +241,14 @@ def delete_definition(definition_id: int) -> Response:
 
 
 # -- runs ------------------------------------------------------------------------------------
+@route("/pools", tag="jobs", response=PoolListOut)
+def list_pools() -> PoolListOut:
+    """The job pools you may send runs to ('default' first)."""
+    usable = _limits().pools.usable_by(_caller())
+    return PoolListOut(pools=[PoolOut(name=p.name, backend=p.backend,
+                                      description=p.description) for p in usable])
+
+
 @route("/runs", "POST", tag="jobs", body=RunIn, response=RunOut, status=201)
 def create_run(body: RunIn) -> RunOut:
     """Queue a run, from a definition (other fields override it) or ad hoc."""

@@ -35,7 +35,7 @@ dy_config <- function(url = NULL, token = NULL) {
     token = token,
     run_id = if (!is.null(run) && grepl("^[0-9]+$", run)) as.integer(run) else NULL,
     data_root = sub("/+$", "", env("DOCKYARD_DATA_ROOT") %||% ""),
-    s3_endpoint_url = env("DOCKYARD_S3_ENDPOINT_URL") %||% ""
+    s3_endpoint_url = env("DOCKYARD_S3_ENDPOINT_URL") %||% env("AWS_ENDPOINT_URL_S3") %||% ""
   )
 }
 

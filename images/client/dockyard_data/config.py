@@ -24,7 +24,8 @@ class ClientConfig:
     def from_env(cls) -> ClientConfig:
         """Read ``DOCKYARD_URL`` and ``DOCKYARD_TOKEN`` (falling back to the notebook's
         own ``JUPYTERHUB_API_TOKEN``, which the hub grants access to Dockyard), plus
-        ``DOCKYARD_RUN_ID``, ``DOCKYARD_DATA_ROOT`` and ``DOCKYARD_S3_ENDPOINT_URL``."""
+        ``DOCKYARD_RUN_ID``, ``DOCKYARD_DATA_ROOT`` and the S3 endpoint as seen from here
+        (``DOCKYARD_S3_ENDPOINT_URL``, else ``AWS_ENDPOINT_URL_S3``)."""
         url = os.environ.get("DOCKYARD_URL", "").rstrip("/")
         token = os.environ.get("DOCKYARD_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN", "")
         run = os.environ.get("DOCKYARD_RUN_ID", "").strip()
@@ -33,5 +34,6 @@ class ClientConfig:
             token=token,
             run_id=int(run) if run.isdigit() else None,
             data_root=os.environ.get("DOCKYARD_DATA_ROOT", "").rstrip("/"),
-            s3_endpoint_url=os.environ.get("DOCKYARD_S3_ENDPOINT_URL", ""),
+            s3_endpoint_url=(os.environ.get("DOCKYARD_S3_ENDPOINT_URL")
+                             or os.environ.get("AWS_ENDPOINT_URL_S3", "")),
         )

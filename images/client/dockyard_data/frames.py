@@ -9,7 +9,9 @@ as in the path, so a file read on its own carries its partition values.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -22,6 +24,7 @@ MANIFEST_NAME = "_dockyard_manifest.json"
 # frame data let Spark and Ray read a big batch in parallel.
 ROW_GROUP_BYTES = 128 * 1024 * 1024
 ROW_GROUPS_PER_FILE = 8
+MAX_WRITER_THREADS = 4
 
 
 def _pyarrow() -> Any:
@@ -90,51 +93,50 @@ def write_batch(prepared: PreparedFrame, fs: Any, path: str, *, batch_id: str,
                 partition: dict[str, str], row_group_bytes: int | None = None,
                 groups_per_file: int | None = None) -> dict[str, Any]:
     """Write the frame's parquet files, then the manifest (last: its presence says the
-    files are complete). Returns the manifest."""
+    files are complete). Returns the manifest.
+
+    Row groups are converted from pandas one at a time. When the frame spans several
+    row groups, files are written by parallel threads (parquet encoding releases the
+    GIL), so a big frame is written about as fast as the machine's cores allow while
+    each thread holds only the row group it is writing."""
     pa = _pyarrow()
     import pyarrow.parquet as pq
 
     df = prepared.frame
     total = len(df)
     group = rows_per_group(df, row_group_bytes or ROW_GROUP_BYTES)
-    groups_per_file = groups_per_file or ROW_GROUPS_PER_FILE
+    starts = list(range(0, max(total, 1), group))
+    writers = max(1, min(os.cpu_count() or 1, MAX_WRITER_THREADS, len(starts)))
+    per_file = min(groups_per_file or ROW_GROUPS_PER_FILE, -(-len(starts) // writers))
+    plan = [starts[i:i + per_file] for i in range(0, len(starts), per_file)]
     fs.makedirs(path, exist_ok=True)
-    files: list[dict[str, Any]] = []
-    writer = None
-    groups_in_file = 0
-    current = ""
-    rows_in_file = 0
 
-    def close() -> None:
-        nonlocal writer
-        if writer is not None:
-            writer.close()
-            writer = None
-            files.append({"path": current, "rows": rows_in_file})
+    def to_arrow(start: int) -> Any:
+        table = pa.Table.from_pandas(df.iloc[start:start + group],
+                                     schema=prepared.frame_schema, preserve_index=False)
+        for key, value in prepared.added.items():
+            table = table.append_column(pa.field(key, pa.string()),
+                                        pa.repeat(pa.scalar(value, pa.string()),
+                                                  table.num_rows))
+        return table
 
-    try:
-        for start in range(0, max(total, 1), group):
-            chunk = df.iloc[start:start + group]
-            table = pa.Table.from_pandas(chunk, schema=prepared.frame_schema,
-                                         preserve_index=False)
-            for key, value in prepared.added.items():
-                table = table.append_column(
-                    pa.field(key, pa.string()),
-                    pa.repeat(pa.scalar(value, pa.string()), table.num_rows))
-            if writer is None or groups_in_file >= groups_per_file:
-                close()
-                current = f"part-{len(files):05d}.parquet"
-                writer = pq.ParquetWriter(join(path, current), prepared.schema, filesystem=fs,
-                                          compression="snappy")
-                groups_in_file, rows_in_file = 0, 0
-            writer.write_table(table, row_group_size=max(group, 1))
-            groups_in_file += 1
-            rows_in_file += table.num_rows
-            del table, chunk
-        close()
-    finally:
-        if writer is not None:
-            writer.close()
+    def write_file(number: int) -> dict[str, Any]:
+        name = f"part-{number:05d}.parquet"
+        rows = 0
+        with pq.ParquetWriter(join(path, name), prepared.schema, filesystem=fs,
+                              compression="snappy") as writer:
+            for start in plan[number]:
+                table = to_arrow(start)
+                writer.write_table(table, row_group_size=max(group, 1))
+                rows += table.num_rows
+                del table
+        return {"path": name, "rows": rows}
+
+    if writers == 1:
+        files = [write_file(n) for n in range(len(plan))]
+    else:
+        with ThreadPoolExecutor(max_workers=writers) as pool:
+            files = list(pool.map(write_file, range(len(plan))))
     fs.invalidate_cache(path)
     for entry in files:
         entry["bytes"] = int(fs.size(join(path, entry["path"])))
