@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -205,6 +206,8 @@ async def settle() -> None:
 
 
 async def main(args: argparse.Namespace) -> int:
+    # Enough threads that all bare `docker run`s of a burst are requested at once.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(4 * args.burst))
     tag = "dybench" + secrets.token_hex(3)
     home = Path(tempfile.mkdtemp(prefix="dockyard-bench-"))
     print(f"Notebook spawn benchmark: image {args.image}, {os.cpu_count()} CPUs, "

@@ -255,6 +255,11 @@ class Settings(BaseSettings):
     api_page_size_max: int = Field(
         200, ge=10, le=5000, description="Largest page the API's list endpoints return."
     )
+    request_max_kb: int = Field(
+        1024, ge=64, le=1024 * 1024,
+        description="Largest request body (KB) the web service accepts; larger ones get 413. "
+        "Image build uploads have their own limit (DOCKYARD_IMAGE_UPLOAD_MAX_MB).",
+    )
 
     # -- data --------------------------------------------------------------------------
     data_root: str = Field(

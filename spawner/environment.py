@@ -59,7 +59,10 @@ def _network_gateway(network_name: str) -> str:
 def web_bind_address(settings: Settings, spawner: str, job_backend: str) -> str:
     """Where Dockyard's web service listens: the gateway when containers must call it
     (the proxy reaches that host address too), loopback otherwise."""
-    return container_gateway(settings) if uses_containers(spawner, job_backend) else LOOPBACK
+    # Jobs of a Docker or Swarm pool on this engine call it too (DOCKYARD_JOB_POOLS).
+    pools = {pool.backend for pool in settings.job_pools.values()}
+    containers = uses_containers(spawner, job_backend) or bool(pools & {"docker", "swarm"})
+    return container_gateway(settings) if containers else LOOPBACK
 
 
 def dockyard_url_for_containers(settings: Settings) -> str:

@@ -74,6 +74,8 @@ class ImageSpec:
     # Top-level entries of the context that are sent; None sends the whole directory.
     include: tuple[str, ...] | None
     description: str
+    # Where build-ca.crt goes in the context: next to the Dockerfiles' directories.
+    ca_path: str = CA_NAME
 
     @property
     def dockerfile_path(self) -> Path:
@@ -114,6 +116,7 @@ def available_images(images_dir: Path = IMAGES_DIR) -> dict[str, ImageSpec]:
         specs["hub"] = ImageSpec(
             "hub", "dockyard/hub", images_dir.parent, "images/hub/Dockerfile", None,
             "JupyterHub, the Dockyard web service and worker.",
+            ca_path=f"{images_dir.name}/{CA_NAME}",
         )
     return {name: spec for name, spec in specs.items() if spec.dockerfile_path.is_file()}
 
@@ -141,13 +144,6 @@ class ContextFile:
     data: bytes | None = None
 
 
-def ca_arcname(spec: ImageSpec) -> str:
-    """Where build-ca.crt goes in the context: next to the Dockerfiles, in images/."""
-    return (IMAGES_DIR / CA_NAME).relative_to(REPO_ROOT).as_posix() if (
-        spec.context.resolve() == REPO_ROOT
-    ) else CA_NAME
-
-
 def collect_context(spec: ImageSpec, build_ca: bytes) -> list[ContextFile]:
     """The files sent for ``spec``, checked to stay inside its context directory."""
     root = spec.context.resolve()
@@ -160,7 +156,7 @@ def collect_context(spec: ImageSpec, build_ca: bytes) -> list[ContextFile]:
         ]
     # The Dockerfile is always sent, as the docker CLI does.
     patterns.append(f"!{spec.dockerfile}")
-    ca_name = ca_arcname(spec)
+    ca_name = spec.ca_path
 
     tops = None
     if spec.include is not None:

@@ -384,13 +384,18 @@ class DockyardDockerSpawner(DockerSpawner):
         return obj
 
     async def pull_image(self, image: str) -> None:
-        # Keep what the presence check learns: get_command() needs the image's command.
-        if self.pull_policy in ("ifnotpresent", "never"):
-            try:
-                self._image_info = await self.docker("inspect_image", image)
-                return
-            except NotFound:
-                pass
+        if self.pull_policy in ("always", "skip"):
+            await super().pull_image(image)
+            return
+        try:
+            # Kept: get_command() needs the image's command.
+            self._image_info = await self.docker("inspect_image", image)
+            return
+        except NotFound:
+            if self.pull_policy == "never":
+                raise SpawnFailed(
+                    f"Image {image} is not on the Docker engine; an admin can build or pull "
+                    "it on the Images page.") from None
         try:
             await super().pull_image(image)
         except APIError as exc:
@@ -657,6 +662,9 @@ def _configure_containers(c: Any, settings: Settings, runtime: RuntimeChoice) ->
         section.data_root = data_root
         _let_notebooks_write(Path(data_root), default=settings.data_root == "")
     if not swarm:
+        # Images reach the engine through the catalog (built or pulled by an admin there);
+        # a spawn never pulls on its own, which would stall a login burst on a registry.
+        section.pull_policy = "never"
         section.network_name = settings.docker_network
         # The hub and proxy on this machine reach the container on the bridge directly,
         # so no port is published on the host.

@@ -74,6 +74,7 @@ def jobs(ctx: click.Context, url: str | None, token: str | None) -> None:
 @click.option("-t", "--tag", "tags", multiple=True)
 @click.option("--timeout", "timeout_seconds", type=int, help="Seconds before the run is stopped.")
 @click.option("--retries", "max_retries", type=int, help="Automatic retries after a failure.")
+@click.option("--pool", help="Job pool to run in (default: 'default'; GET /pools lists yours).")
 @click.option("--follow", is_flag=True, help="Print the log until the run ends; exit with "
               "its exit code.")
 @click.pass_obj

@@ -78,9 +78,10 @@ class JobPoolConfig(BaseModel):
     gpu_resource: str = Field(
         "", description="Swarm generic resource that counts GPUs (e.g. 'NVIDIA-GPU'); "
         "unset: runs asking for GPUs are refused.")
-    poll_seconds: float = Field(
-        2.0, ge=0.2, le=60, description="How often the worker asks the swarm or ECS what "
-        "changed (one batched call per pool).")
+    poll_seconds: float | None = Field(
+        None, ge=0.2, le=60, description="How often the worker asks the swarm or ECS what "
+        "changed (one batched listing per pool). Default: 0.5 (swarm: a manager on the "
+        "same network), 2 (ecs: AWS rate limits).")
     # ecs
     cluster: str = Field("", description="ECS cluster name or ARN.")
     launch_type: Literal["FARGATE", "EC2"] = Field("FARGATE", description="FARGATE or EC2.")
@@ -124,6 +125,12 @@ class JobPoolConfig(BaseModel):
             if self.run_as_user.split(":", 1)[0] in ("root", "0"):
                 raise ValueError("run_as_user: jobs never run as root")
         return self
+
+    @property
+    def poll_interval(self) -> float:
+        if self.poll_seconds is not None:
+            return self.poll_seconds
+        return 0.5 if self.backend == "swarm" else 2.0
 
     @property
     def on_fargate(self) -> bool:

@@ -200,8 +200,9 @@ class Worker:
         """One pass: cancel, stop, check, claim."""
         self._cancel_queued()
         now = utcnow()
-        sync_all = (not self.pools.has_events
-                    or time.monotonic() - self._last_sync >= SYNC_SECONDS)
+        sync_all = time.monotonic() - self._last_sync >= SYNC_SECONDS
+        # Runs of pools that report no changes themselves are looked at on every pass.
+        polled = {pool.name for pool in self.pools if not pool.backend.has_events}
         if sync_all:
             self._last_sync = time.monotonic()
         with self._lock:
@@ -213,7 +214,8 @@ class Worker:
                 self._submit(run.id, self._stop, run.id, RunState.CANCELLED)
             elif run.status == RunState.RUNNING and deadline is not None and now >= deadline:
                 self._submit(run.id, self._stop, run.id, RunState.TIMED_OUT)
-            elif sync_all or run.id in changed or run.engine_handle is None:
+            elif sync_all or run.pool in polled or run.id in changed \
+                    or run.engine_handle is None:
                 self._submit(run.id, self._check, run.id)
         if self._queue_has_work():
             for run_id in self._claim():
@@ -263,7 +265,7 @@ class Worker:
         with self.reads() as session:
             return list(session.execute(
                 select(Run.id, Run.status, Run.engine_handle, Run.cancel_requested,
-                       Run.started_at, Run.timeout_seconds)
+                       Run.started_at, Run.timeout_seconds, Run.pool)
                 .where(Run.status.in_(ACTIVE_STATES), Run.worker == self.name,
                        self._served())
             ))

@@ -16,7 +16,7 @@ from hub.settings import Settings
 from hub.web.auth import HubIdentity, Identity, current_user
 from hub.web.context import close_db
 from hub.web.errors import init_errors
-from hub.web.security import init_security
+from hub.web.security import CONTENT_SECURITY_POLICY, init_security
 
 DEFAULT_PREFIX = "/services/dockyard/"
 
@@ -90,5 +90,8 @@ def mounted_app(settings: Settings, identity: Identity | None = None) -> Any:
 
 
 def _not_here(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-    start_response("404 Not Found", [("Content-Type", "text/plain")])
+    start_response("404 Not Found", [
+        ("Content-Type", "text/plain"), ("X-Content-Type-Options", "nosniff"),
+        ("Content-Security-Policy", CONTENT_SECURITY_POLICY), ("Referrer-Policy", "same-origin"),
+    ])
     return [b"Dockyard is served under " + service_prefix().encode() + b"/\n"]

@@ -70,7 +70,9 @@ class HubIdentity:
             state,
             httponly=True,
             samesite="Lax",
-            secure=request.is_secure,
+            # Secure like the session cookie when the public URL is https, even if TLS
+            # ends at a proxy in front of the hub and this request came as plain http.
+            secure=request.is_secure or bool(current_app.config.get("SESSION_COOKIE_SECURE")),
             path=self.oauth.base_url,
         )
         return response

@@ -58,6 +58,9 @@ def tables_page() -> Any:
         namespaces=catalog().namespaces(who),
         tables=catalog().list_tables(who, namespace),
         namespace=namespace,
+        # Admins see what crashed writers left behind, and how to clean it up.
+        abandoned=catalog().abandoned_batches() if who.admin else [],
+        expiry_hours=catalog().pending_expiry.total_seconds() / 3600,
     )
 
 

@@ -9,7 +9,7 @@ from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,17 @@ def init_errors(app: Flask) -> None:
     @app.errorhandler(CSRFError)
     def _csrf(exc: CSRFError) -> Any:
         return _respond(400, "Missing or stale form token", "Reload the page and submit again.")
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc: RequestEntityTooLarge) -> Any:
+        from hub.web.security import UPLOAD_ENDPOINTS
+
+        limit = request.max_content_length or 0
+        setting = ("DOCKYARD_IMAGE_UPLOAD_MAX_MB" if request.endpoint in UPLOAD_ENDPOINTS
+                   else "DOCKYARD_REQUEST_MAX_KB")
+        return _respond(413, "Request too large",
+                        f"The request body is larger than the {limit // 1024} KB accepted here "
+                        f"(the administrators set this with {setting}).")
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Any:

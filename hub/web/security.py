@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, request
+from flask import Flask, Response, request, session
 from flask_wtf.csrf import CSRFProtect
 
 from hub.web.auth import bearer_token
@@ -25,7 +25,21 @@ CONTENT_SECURITY_POLICY = "; ".join(
 )
 
 
+#: Routes that take image build uploads (Dockerfile and context archive): their bodies may
+#: reach DOCKYARD_IMAGE_UPLOAD_MAX_MB; every other request DOCKYARD_REQUEST_MAX_KB.
+UPLOAD_ENDPOINTS = frozenset({
+    "api.images_create_image", "api.images_build_image",
+    "images.create_image_page", "images.build_image_page",
+})
+
+
 def init_security(app: Flask) -> None:
+    @app.before_request
+    def _limit_body() -> None:
+        # Before the CSRF check below, which is the first to read a form body.
+        if request.endpoint not in UPLOAD_ENDPOINTS:
+            request.max_content_length = app.extensions["dockyard.settings"].request_max_kb * 1024
+
     # CSRF is checked by hand below: cookie-authenticated requests need the token,
     # token-authenticated API calls (no cookie involved) are exempt.
     app.config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)
@@ -38,6 +52,11 @@ def init_security(app: Flask) -> None:
         if request.method in ("GET", "HEAD", "OPTIONS"):
             return
         if bearer_token() is not None:
+            return
+        # Only a request that the session cookie authenticates can be forged by another
+        # site. Without a login in the session the view itself answers: 401 from the
+        # API, the hub's login for pages.
+        if not session.get("token"):
             return
         csrf.protect()
 

@@ -4,9 +4,12 @@
 |--------|------------------------------------------|-------------|
 | docker | containers on one Docker engine          | docker.py   |
 | local  | local processes (development mode)       | local.py    |
+| swarm  | Swarm services in job mode               | swarm.py    |
+| ecs    | AWS ECS tasks (Fargate or EC2)           | ecs.py      |
 
-A new engine (Swarm, ECS) is one more file implementing ``JobBackend`` and one more line
-in ``make_backend``.
+``make_backend`` builds the installation's own backend (DOCKYARD_JOB_BACKEND: docker or
+local); pools.py builds one backend per job pool (DOCKYARD_JOB_POOLS), swarm and ecs
+among them, with the pool's options.
 """
 
 from __future__ import annotations

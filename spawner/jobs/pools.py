@@ -94,11 +94,6 @@ class JobPools:
     def names(self) -> list[str]:
         return list(self._pools)
 
-    @property
-    def has_events(self) -> bool:
-        """True when every pool reports changes itself (else the worker polls all)."""
-        return all(pool.backend.has_events for pool in self._pools.values())
-
     def __iter__(self) -> Iterator[JobPool]:
         return iter(self._pools.values())
 
@@ -134,7 +129,7 @@ def build_backend(config: JobPoolConfig, settings: Settings, *, namespace: str) 
             constraints=config.constraints, gpu_resource=config.gpu_resource,
             pids_limit=settings.job_pids_limit,
             stop_grace_seconds=settings.job_stop_grace_seconds,
-            poll_seconds=config.poll_seconds, pool_size=2 * settings.max_concurrent_runs + 8)
+            poll_seconds=config.poll_interval, pool_size=2 * settings.max_concurrent_runs + 8)
     if config.backend == "ecs":
         from botocore.exceptions import NoRegionError
 
@@ -150,7 +145,7 @@ def build_backend(config: JobPoolConfig, settings: Settings, *, namespace: str) 
             execution_role_arn=config.execution_role_arn, log_group=config.log_group,
             log_stream_prefix=config.log_stream_prefix, region=config.region,
             run_as_user=config.run_as_user, stop_grace_seconds=settings.job_stop_grace_seconds,
-            poll_seconds=config.poll_seconds)
+            poll_seconds=config.poll_interval)
         try:
             # Jobs on AWS reach Dockyard at its public URL unless told otherwise.
             return EcsJobBackend(namespace, url or dockyard_url_for_processes(settings), options)

@@ -82,7 +82,23 @@ class Compose:
                 time.sleep(1)
         if pending:
             logs = self.run("logs", "--tail=40", *pending, check=False).stdout
-            raise AssertionError(f"not healthy after {timeout:.0f}s: {pending}\n{logs[-6000:]}")
+            raise AssertionError(f"not healthy after {timeout:.0f}s: {pending}"
+                                 f"{self.network_note()}\n{logs[-6000:]}")
+
+    def network_note(self) -> str:
+        """Docker 20.10 detaches every container from user-defined networks when the
+        engine leaves a swarm (`docker swarm leave --force`, e.g. by a swarm test running
+        at the same time): say so, since the logs then only show name lookups failing."""
+        ids = self.run("ps", "-q", check=False).stdout.split()
+        detached = [i[:12] for i in ids if not _networks_of(i)]
+        return (f" (containers {detached} are on no network: did this engine leave a swarm "
+                "meanwhile?)") if detached else ""
+
+
+def _networks_of(container: str) -> dict:
+    result = subprocess.run(["docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}",
+                             container], capture_output=True, text=True)
+    return json.loads(result.stdout or "{}") or {}
 
 
 def health_of(container: str) -> str:

@@ -117,3 +117,25 @@ def test_run_lineage_partial_links_batches(data_app, filled: dict) -> None:
             '{% include "data/_run_lineage.html" %}{% endwith %}', run_id=filled["run_id"])
     assert filled["second"] in html and filled["first"] not in html
     assert "/data/sales/orders/partition?p=date%3D20161031" in html
+
+
+def test_admins_are_told_about_abandoned_batches(api: FlaskClient, filled: dict,
+                                                 migrated: Settings) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from hub.db import make_engine, make_session_factory, transaction
+    from hub.models import Batch, utcnow
+
+    began = Catalog.from_settings(migrated).begin_batch(Actor("alice"), "sales", "orders", DAY)
+    engine = make_engine(migrated.db_url)
+    with transaction(make_session_factory(engine)) as session:
+        session.execute(update(Batch).where(Batch.batch_id == began.batch_id)
+                        .values(created_at=utcnow() - timedelta(days=2)))
+    engine.dispose()
+    login(api, "tok-alice")
+    assert 'id="abandoned"' not in api.get("/data/").get_data(as_text=True)
+    login(api, "tok-admin")
+    html = api.get("/data/").get_data(as_text=True)
+    assert "1 abandoned batch:" in html and "dockyard data gc" in html

@@ -17,7 +17,6 @@ from spawner.imagebuild import (
     ImageBuild,
     ImageSpec,
     available_images,
-    ca_arcname,
     collect_context,
     read_build_ca,
     write_context,
@@ -104,11 +103,15 @@ def test_ca_bundle_travels_in_the_context_and_a_stale_one_on_disk_is_ignored(
         assert tar.getnames().count(CA_NAME) == 1
 
 
-def test_ca_goes_to_images_dir_for_a_repository_context() -> None:
-    hub_like = ImageSpec("hub", "dockyard/hub", IMAGES_DIR.parent, "images/hub/Dockerfile",
-                         None, "")
-    assert ca_arcname(hub_like) == "images/build-ca.crt"
-    assert ca_arcname(available_images()["test"]) == CA_NAME
+def test_ca_goes_to_images_dir_for_a_repository_context(tmp_path: Path) -> None:
+    images = make_images(tmp_path)
+    (images / "hub").mkdir()
+    (images / "hub" / "Dockerfile").write_text("FROM debian:bookworm-slim\nCOPY images/ /x/\n")
+    hub = available_images(images)["hub"]
+    sent = [entry.arcname for entry in collect_context(hub, PEM)]
+    assert "images/build-ca.crt" in sent
+    assert CA_NAME not in sent
+    assert "images/hub/Dockerfile" in sent
 
 
 def test_version_follows_content_and_build_args_not_timestamps(tmp_path: Path) -> None:

@@ -87,6 +87,15 @@ class EcsCluster:
     def task_arns(self, desired: str = "RUNNING") -> list[str]:
         return self.ecs.list_tasks(cluster=self.name, desiredStatus=desired)["taskArns"]
 
+    def last_statuses(self) -> list[str]:
+        """What ECS says of every task of the cluster (moto keeps a task that stopped by
+        itself listed as desired RUNNING, so the listing alone tells nothing)."""
+        arns = sorted(set(self.task_arns("RUNNING")) | set(self.task_arns("STOPPED")))
+        if not arns:
+            return []
+        tasks = self.ecs.describe_tasks(cluster=self.name, tasks=arns)["tasks"]
+        return [t["lastStatus"] for t in tasks]
+
     def put_log_lines(self, task_arn: str, lines: list[str], prefix: str = "dockyard") -> None:
         """What the awslogs driver would write for the task's container."""
         stream = f"{prefix}/job/{task_arn.rsplit('/', 1)[-1]}"

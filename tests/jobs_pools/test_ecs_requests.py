@@ -22,7 +22,6 @@ from spawner.jobs.ecs import (
     EcsOptions,
     EcsThrottled,
     task_definition_family,
-    task_definition_request,
 )
 from spawner.jobs.pools import JobPool, JobPools
 from tests.jobs_pools.conftest import pool_settings

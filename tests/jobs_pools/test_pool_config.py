@@ -68,6 +68,12 @@ def test_a_wrong_pool_is_named_in_one_line(monkeypatch: pytest.MonkeyPatch, pool
     assert message in str(caught.value)
 
 
+def test_poll_intervals_suit_each_engine() -> None:
+    assert JobPoolConfig(backend="swarm").poll_interval == 0.5
+    assert JobPoolConfig(**FARGATE).poll_interval == 2.0
+    assert JobPoolConfig(**FARGATE, poll_seconds=5).poll_interval == 5
+
+
 def test_ec2_pools_need_no_subnets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKYARD_JOB_POOLS", json.dumps(
         {"e": {"backend": "ecs", "cluster": "c", "log_group": "g", "launch_type": "EC2"}}))
@@ -115,3 +121,15 @@ def test_images_are_translated_per_pool(image: str, expected: str) -> None:
 def test_pools_without_a_prefix_keep_the_reference() -> None:
     assert image_in_pool(None, "dockyard/test:latest") == "dockyard/test:latest"
     assert image_in_pool(JobPoolConfig(backend="swarm"), "a/b:1") == "a/b:1"
+
+
+def test_a_docker_or_swarm_pool_makes_the_web_service_listen_where_containers_reach_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from spawner.environment import web_bind_address
+
+    monkeypatch.setenv("DOCKYARD_HUB_CONNECT_IP", "10.9.8.7")
+    assert web_bind_address(load_settings(), "local", "local") == "127.0.0.1"
+    monkeypatch.setenv("DOCKYARD_JOB_POOLS", json.dumps({"swarm": {"backend": "swarm"}}))
+    assert web_bind_address(load_settings(), "local", "local") == "10.9.8.7"
+    monkeypatch.setenv("DOCKYARD_JOB_POOLS", json.dumps({"ecs": FARGATE}))
+    assert web_bind_address(load_settings(), "local", "local") == "127.0.0.1"

@@ -226,6 +226,16 @@ def test_the_form_follows_the_catalog_and_retired_images_cannot_start(
         notebook_hub.clear_images()
 
 
+def test_an_image_missing_from_the_engine_fails_with_a_reason(notebook_hub: NotebookHub) -> None:
+    notebook_hub.add_image("dockyard/test:absent", default_for_notebooks=True)
+    try:
+        response = notebook_hub.spawn("paul")
+        print(response.status_code, response.text)
+        assert False
+    finally:
+        notebook_hub.clear_images()
+
+
 def test_named_servers_run_side_by_side_up_to_the_limit(notebook_hub: NotebookHub) -> None:
     notebook_hub.start("ivan")
     notebook_hub.start("ivan", server="scratch")

@@ -260,13 +260,15 @@ def create_run(body: RunIn) -> RunOut:
 def list_runs(query: RunsQuery) -> RunPageOut:
     """Your runs, newest first (admins: everyone's), filtered, a keyset page at a time."""
     cap = settings().api_page_size_max
-    if query.limit > cap:
+    # Without ?limit= a page is the default size or the cap, whichever is smaller.
+    limit = query.limit if "limit" in query.model_fields_set else min(query.limit, cap)
+    if limit > cap:
         raise ApiError(422, "Invalid query parameters",
                        [{"field": "limit", "message": f"at most {cap} per page"}])
     filters = RunFilters(
         status=query.status or [], owner=query.owner, image=query.image, tag=query.tag,
         definition_id=query.definition, since=query.since, until=query.until, sort=query.sort,
-        cursor=query.cursor, limit=query.limit,
+        cursor=query.cursor, limit=limit,
     )
     with service_errors():
         page = service.list_runs(db(), _caller(), filters)
