@@ -54,11 +54,13 @@ def route(
     status: int = 200,
     admin: bool = False,
     public: bool = False,
+    responses: dict[int, str] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare an API route: authentication, input parsing and its OpenAPI entry.
 
     The view receives ``body=`` and ``query=`` as validated models. A view returning a
     pydantic model (or a list of them) is serialised to JSON with ``status``.
+    ``responses`` documents the route's other answers (e.g. ``{409: "name taken"}``).
     """
 
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -77,6 +79,7 @@ def route(
                 status=status,
                 admin=admin,
                 public=public,
+                responses=dict(responses or {}),
             )
         )
 

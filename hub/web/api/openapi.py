@@ -11,6 +11,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 _CONVERTER = re.compile(r"<(?:[a-z]+:)?([a-zA-Z_]+)>")
+_TYPED_PARAM = re.compile(r"<(?:([a-z]+):)?([a-zA-Z_]+)>")
+_PARAM_SCHEMA = {"int": {"type": "integer", "minimum": 0}}
 
 
 @dataclass
@@ -27,6 +29,8 @@ class Operation:
     admin: bool = False
     public: bool = False
     path_params: list[str] = field(default_factory=list)
+    # Further answers a route may give, status -> when (e.g. {409: "the name is taken"}).
+    responses: dict[int, str] = field(default_factory=dict)
 
 
 class OpenAPIRegistry:
@@ -56,8 +60,9 @@ class OpenAPIRegistry:
                 "tags": [op.tag],
                 "operationId": f"{op.method.lower()}_{slug}",
                 "parameters": [
-                    {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                    for p in _CONVERTER.findall(op.path)
+                    {"name": name, "in": "path", "required": True,
+                     "schema": _PARAM_SCHEMA.get(converter, {"type": "string"})}
+                    for converter, name in _TYPED_PARAM.findall(op.path)
                 ],
                 "responses": _responses(op, ref_of),
             }
@@ -120,4 +125,12 @@ def _responses(op: Operation, ref_of: dict[type[BaseModel], Any]) -> dict[str, A
     if op.body is not None or op.query is not None:
         responses["400"] = {"description": "Malformed request", **error}
         responses["422"] = {"description": "Invalid input, per field", **error}
+    if op.body is not None:
+        responses["413"] = {"description": "Request body too large", **error}
+        responses["415"] = {"description": "The body is not JSON", **error}
+    for code, when in op.responses.items():
+        answer = ok if code < 400 else error
+        responses[str(code)] = {**answer, "description": when}
+    responses.setdefault(
+        "503", {"description": "The database, storage or hub is unavailable; try again", **error})
     return responses
