@@ -74,6 +74,13 @@ class BatchIncomplete(CatalogError):
     error = "Batch incomplete"
 
 
+class PartitionKeysFixed(CatalogError):
+    """A table's partition keys cannot change once it has a batch."""
+
+    status = 409
+    error = "Conflict"
+
+
 class NothingToRollBack(CatalogError):
     status = 409
     error = "Nothing to roll back"

@@ -34,6 +34,7 @@ from hub.catalog.errors import (
     CatalogError,
     InvalidName,
     NothingToRollBack,
+    PartitionKeysFixed,
     PartitionNotFound,
     PermissionDenied,
     RunNotFound,
@@ -311,8 +312,9 @@ class Catalog:
                 has_batches = session.scalar(
                     select(func.count()).select_from(Batch).where(Batch.table_id == table.id))
                 if has_batches:
-                    raise InvalidName("partition_keys", "the table already has batches with "
-                                      f"partition keys {table.partition_keys}; they cannot change")
+                    raise PartitionKeysFixed(
+                        f"{namespace}.{name} already has batches partitioned by "
+                        f"{table.partition_keys}; its partition keys cannot change")
                 table.partition_keys = keys
             if description is not None:
                 table.description = description

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from hub.jobs.pools import PoolPolicy
+from hub.models import MAX_ID
 from hub.settings import Settings
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -137,7 +138,8 @@ class DefinitionIn(JobFieldsIn):
 class RunIn(JobFieldsIn):
     """A run: from a definition (the other fields override it) or ad hoc."""
 
-    definition_id: int | None = Field(None, ge=1, description="Copy this definition's fields.")
+    definition_id: int | None = Field(None, ge=1, le=MAX_ID,
+                                      description="Copy this definition's fields.")
 
 
 @dataclass(frozen=True)

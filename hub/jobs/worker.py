@@ -57,7 +57,7 @@ from spawner.jobs.base import (
     JobStatus,
     command_argv,
 )
-from spawner.jobs.pools import JobPool, JobPools, UnknownPool
+from spawner.jobs.pools import JobPool, JobPools
 
 log = logging.getLogger(__name__)
 
@@ -276,10 +276,8 @@ class Worker:
                      for pool in self.pools))
 
     def _pool_named(self, name: str | None) -> JobPool:
-        try:
-            return self.pools.get(name or "default")
-        except UnknownPool:
-            return self.pools.default  # only for runs of a pool removed since: see reconcile
+        # A pool removed since is met only by runs that reconcile fails: see there.
+        return self.pools.find(name or "default") or self.pools.default
 
     def _pool_of(self, run_id: int) -> JobPool:
         with self.reads() as session:
@@ -369,7 +367,7 @@ class Worker:
                 return  # cancelled, or no longer ours: starting it now would be wrong
             token = run_token(self.token_key, run.id, run.queued_at)
             pool_name = run.pool
-            pool = self.pools.get(pool_name) if pool_name in self.pools.names else None
+            pool = self.pools.find(pool_name)
             if pool is not None:
                 spec = pool.prepare(build_spec(run, token=token, dockyard_url=pool.dockyard_url,
                                                extra_env=pool.extra_env))
@@ -379,10 +377,8 @@ class Worker:
                 session.execute(update(Run).where(Run.id == run_id).values(
                     token_hash=hash_token(token)).execution_options(synchronize_session=False))
         try:
-            if pool is None:
-                self.pools.get(pool_name)  # raises UnknownPool, a JobStartError
-            assert pool is not None
-            status = pool.backend.start(spec)
+            # A pool removed since the claim raises UnknownPool: the run fails, saying so.
+            status = self.pools.get(pool_name).backend.start(spec)
         except JobStartError as exc:
             self._settle(run_id, JobStatus(EngineState.MISSING, reason=str(exc)),
                          intent=None, start_error=str(exc))

@@ -1,6 +1,6 @@
 """Dockyard's own tables (JupyterHub keeps its own database)."""
 
-from hub.models.base import Base, utcnow
+from hub.models.base import MAX_ID, Base, utcnow
 from hub.models.catalog import (
     Batch,
     BatchRead,
@@ -16,6 +16,7 @@ from hub.models.jobs import FINAL_STATES, JobDefinition, Run, RunEvent, RunState
 
 __all__ = [
     "FINAL_STATES",
+    "MAX_ID",
     "Base",
     "Batch",
     "BatchRead",

@@ -19,6 +19,11 @@ NAMING_CONVENTION = {
 }
 
 
+#: The largest id a table can hold (a signed 64-bit integer): a larger number in a request
+#: names nothing, and the database drivers cannot even compare it.
+MAX_ID = 2**63 - 1
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -9,9 +9,11 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import IntegerConverter, Map
 
 from hub import __version__
 from hub.db import make_engine, make_session_factory
+from hub.models import MAX_ID
 from hub.settings import Settings
 from hub.web.auth import HubIdentity, Identity, current_user
 from hub.web.context import close_db
@@ -50,6 +52,8 @@ def create_app(settings: Settings, identity: Identity | None = None) -> Flask:
     app.extensions["dockyard.run_tokens"] = run_token_lookup(app.extensions["dockyard.sessions"])
     app.teardown_appcontext(close_db)
 
+    # Before any route is added: ids in paths are bounded to what the database can hold.
+    app.url_map.converters["int"] = DatabaseIdConverter
     init_security(app)
     init_errors(app)
 
@@ -69,6 +73,15 @@ def create_app(settings: Settings, identity: Identity | None = None) -> Flask:
         return {"user": current_user(), "hub_prefix": "/hub/", "version": __version__}
 
     return app
+
+
+class DatabaseIdConverter(IntegerConverter):
+    """``<int:…>`` in routes: a number beyond a 64-bit integer names nothing (404), rather
+    than reaching the database, which cannot even compare it."""
+
+    def __init__(self, map: Map, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", MAX_ID)
+        super().__init__(map, *args, **kwargs)
 
 
 def _session_secret(settings: Settings) -> bytes:

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, StatementError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,20 @@ def init_errors(app: Flask) -> None:
             "Dockyard cannot reach its database; "
             "try again shortly. Nothing you submitted was saved.",
         )
+
+    @app.errorhandler(OverflowError)
+    def _out_of_range(exc: OverflowError) -> Any:
+        # A number or time no check caught before it reached Python's or the driver's
+        # limits: the request's fault, not ours.
+        log.info("Out-of-range input on %s %s: %s", request.method, request.path, exc)
+        return _respond(422, "Invalid input",
+                        "A number or a time in the request is out of range.")
+
+    @app.errorhandler(StatementError)
+    def _statement(exc: StatementError) -> Any:
+        if isinstance(exc.orig, OverflowError):
+            return _out_of_range(exc.orig)
+        return _unexpected(exc)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Any:

@@ -43,6 +43,7 @@ from hub.web.api.images import (
 from hub.web.auth import page_login_required, require_admin
 from hub.web.context import db, settings
 from hub.web.errors import validation_detail
+from hub.web.jobs import url_number
 
 bp = Blueprint("images", __name__, url_prefix="/images")
 
@@ -263,7 +264,7 @@ def build_log_fragment(image_id: int) -> Any:
     When the build has finished, the page reloads to show the outcome."""
     require_admin()
     offset = request.args.get("offset", "0")
-    offset_value = int(offset) if offset.isdigit() else 0
+    offset_value = url_number(offset) or 0
     session = db()
     try:
         text, next_offset = build_log_since(session, image_id, offset_value)
@@ -297,11 +298,12 @@ def diff_page() -> Any:
     errors: list[str] = []
     status = 200
     if chosen_from and chosen_to:
-        if not (chosen_from.isdigit() and chosen_to.isdigit()):
+        first, second = url_number(chosen_from), url_number(chosen_to)
+        if first is None or second is None:
             errors, status = ["Choose two images to compare."], 422
         else:
             try:
-                diff = diff_of(session, int(chosen_from), int(chosen_to), user)
+                diff = diff_of(session, first, second, user)
             except ImageServiceError as exc:
                 errors, status = _problem(exc), exc.status
     return (

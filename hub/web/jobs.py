@@ -31,7 +31,7 @@ from hub.jobs import service
 from hub.jobs.logs import log_path, read_log
 from hub.jobs.schemas import DefinitionIn, FieldProblem, JobLimits, RunIn
 from hub.jobs.service import Conflict, InvalidJob, NotFound, RunFilters
-from hub.models import FINAL_STATES, JobDefinition, Run, RunState, utcnow
+from hub.models import FINAL_STATES, MAX_ID, JobDefinition, Run, RunState, utcnow
 from hub.web.auth import User, current_user, page_login_required
 from hub.web.context import db, settings
 from hub.web.errors import validation_detail
@@ -167,10 +167,18 @@ def _int_arg(name: str, errors: list[str]) -> int | None:
     value = request.args.get(name) or ""
     if not value:
         return None
-    if not value.isdigit():
+    number = url_number(value)
+    if number is None:
         errors.append(f"{name}: not a number")
+    return number
+
+
+def url_number(text: str) -> int | None:
+    """A whole number from a URL: ASCII digits (str.isdigit also takes '²') and no larger
+    than an id can be; else None."""
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_ID:
         return None
-    return int(value)
+    return int(text)
 
 
 def _date_arg(name: str, errors: list[str], end_of_day: bool = False) -> datetime | None:
@@ -179,14 +187,14 @@ def _date_arg(name: str, errors: list[str], end_of_day: bool = False) -> datetim
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        if end_of_day and len(value) == 10:
+            parsed += timedelta(days=1)
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # not a date, or one with no UTC equivalent
         errors.append(f"{name}: not a date (YYYY-MM-DD)")
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    if end_of_day and len(value) == 10:
-        parsed += timedelta(days=1)
-    return parsed
 
 
 # -- launch --------------------------------------------------------------------------------
@@ -257,12 +265,13 @@ def launch_form() -> Any:
     values: dict[str, str] = {"cpu": "1", "memory_mb": "1024", "gpu": "0", "max_retries": "0"}
     # ?definition= from links; ?definition_id= when htmx reloads the form on a change.
     definition_id = request.args.get("definition") or request.args.get("definition_id") or ""
-    if definition_id.isdigit():
+    clone = url_number(request.args.get("clone", ""))
+    if url_number(definition_id) is not None:
         with _found():
             values.update(_form_values_from(service.get_definition(db(), user, int(definition_id))))
-    elif request.args.get("clone", "").isdigit():
+    elif clone is not None:
         with _found():
-            run = service.get_run(db(), user, int(request.args["clone"]))
+            run = service.get_run(db(), user, clone)
         values.update(_form_values_from(run))
         if run.definition_id:
             definition_id = str(run.definition_id)
@@ -329,7 +338,7 @@ def log_tail(run_id: int) -> Any:
     with _found():
         run = service.get_run(db(), _caller(), run_id)
     offset = request.args.get("offset", "0")
-    chunk = read_log(log_path(settings(), run.id), int(offset) if offset.isdigit() else 0)
+    chunk = read_log(log_path(settings(), run.id), url_number(offset) or 0)
     done = run.status in FINAL_STATES and chunk.next_offset >= chunk.size
     return render_template("jobs/_log_tail.html", run=run, chunk=chunk, done=done)
 

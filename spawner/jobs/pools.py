@@ -75,7 +75,11 @@ class JobPools:
         """Only the default pool, on a backend made elsewhere (tests, embedding)."""
         return cls({DEFAULT_POOL: _pool(DEFAULT_POOL, backend, None, settings)})
 
+    def find(self, name: str) -> JobPool | None:
+        return self._pools.get(name)
+
     def get(self, name: str) -> JobPool:
+        """The pool named ``name``; UnknownPool (a JobStartError) if there is none."""
         pool = self._pools.get(name)
         if pool is None:
             raise UnknownPool(f"no job pool named '{name}' is configured (pools: "

@@ -5,6 +5,7 @@ without them, and keeps the Docker socket and published ports where they belong.
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,11 @@ def test_every_dockerfile_starts_from_the_offline_base_or_our_images() -> None:
                        "images/s3/Dockerfile"):
         bases = re.findall(r"^FROM\s+(\S+)", (repo / dockerfile).read_text(), re.M)
         assert bases and all(b in ("debian:bookworm-slim", "assets") for b in bases), bases
+
+
+def test_the_env_file_is_never_committed_nor_sent_to_builds() -> None:
+    repo = PRODUCTION.parent
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=repo)
+    assert ignored.returncode == 0, ".env must be in .gitignore"
+    dockerignore = (repo / ".dockerignore").read_text().splitlines()
+    assert dockerignore[dockerignore.index("*"):].count("!.env") == 0

@@ -250,7 +250,7 @@ def test_stack_end_to_end_with_restarts_and_a_restore(stack: Stack, tmp_path: Pa
 
     # -- a job that writes a table to the S3 store through the data client ------------------
     response = api(admin_token, "POST", hub.service("api/v1/images"),
-                   json={"reference": IMAGE, "for_jobs": True})
+                   json={"reference": IMAGE, "for_jobs": True, "for_notebooks": True})
     assert response.status_code == 201, response.text
     response = api(ada_token, "POST", hub.service("api/v1/runs"),
                    json={"image": IMAGE, "command": ["python", "-c", JOB_SCRIPT]})

@@ -99,6 +99,10 @@ def test_put_table(api: FlaskClient) -> None:
     again = api.put(f"{BASE}/sales/orders", json={"description": "All orders"},
                     headers=auth("tok-alice"))
     assert again.status_code == 200 and again.get_json()["description"] == "All orders"
+    store(api, "tok-alice", partition={"date": "1"})
+    fixed = api.put(f"{BASE}/sales/orders", json={"partition_keys": ["day"]},
+                    headers=auth("tok-alice"))
+    assert fixed.status_code == 409 and "cannot change" in fixed.get_json()["detail"]
 
 
 @pytest.mark.parametrize("method, path, body, status, field", [

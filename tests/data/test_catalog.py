@@ -17,6 +17,7 @@ from hub.catalog import (
     Catalog,
     InvalidName,
     NothingToRollBack,
+    PartitionKeysFixed,
     PartitionNotFound,
     PermissionDenied,
     SchemaMismatch,
@@ -284,7 +285,7 @@ def test_put_table_creates_and_describes(catalog: Catalog) -> None:
     table, created = catalog.put_table(ALICE, "sales", "orders", description="Orders")
     assert not created and table.description == "Orders"
     store(catalog, ALICE, "sales", "orders", DAY, {"x": [1]})
-    with pytest.raises(InvalidName, match="cannot change"):
+    with pytest.raises(PartitionKeysFixed, match="cannot change"):
         catalog.put_table(ALICE, "sales", "orders", partition_keys=["region"])
     with pytest.raises(PermissionDenied):
         catalog.put_table(BOB, "sales", "orders", description="mine now")

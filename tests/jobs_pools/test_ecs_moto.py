@@ -11,6 +11,7 @@ test_ecs_requests.py instead.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -283,3 +284,78 @@ def test_an_impossible_run_fails_at_once_with_the_reason(ecs: EcsHarness) -> Non
     assert ecs.cluster.last_statuses() == []  # refused before anything reached ECS
     carries_on = ecs.submit()
     assert ecs.wait(carries_on, RunState.RUNNING).engine_handle
+
+
+# -- throttling on the wire --------------------------------------------------------------------
+class ThrottlingProxy:
+    """An HTTP proxy in front of moto that answers the first N calls of one ECS action
+    with AWS's throttling error, as ECS does under load."""
+
+    def __init__(self, upstream: str, action: str, throttle: int) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        import requests
+
+        proxy = self
+        self.seen: list[str] = []
+        self.throttle = throttle
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server name
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                target = self.headers.get("X-Amz-Target", "")
+                proxy.seen.append(target.rsplit(".", 1)[-1])
+                if target.endswith("." + action) and proxy.throttle > 0:
+                    proxy.throttle -= 1
+                    answer = b'{"__type": "ThrottlingException", "message": "Rate exceeded"}'
+                    self.send_response(400)
+                    self.send_header("Content-Type", "application/x-amz-json-1.1")
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                upstream_answer = requests.post(upstream + self.path, data=body, headers=headers,
+                                                timeout=30)
+                self.send_response(upstream_answer.status_code)
+                for key in ("Content-Type", "x-amzn-RequestId"):
+                    if key in upstream_answer.headers:
+                        self.send_header(key, upstream_answer.headers[key])
+                self.send_header("Content-Length", str(len(upstream_answer.content)))
+                self.end_headers()
+                self.wfile.write(upstream_answer.content)
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_botocore_retries_throttled_calls_with_backoff(ecs_cluster: EcsCluster,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    proxy = ThrottlingProxy(os.environ["AWS_ENDPOINT_URL"], "DescribeTasks", throttle=2)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        jobs = backend(ecs_cluster)
+        waits: list[float] = []
+        jobs._sleep = waits.append
+        handle = jobs.start(spec(51)).handle
+        assert handle
+        jobs.options = options(ecs_cluster, poll_seconds=0.0)
+        started = time.monotonic()
+        assert jobs.status(handle).state == EngineState.RUNNING
+        # Two throttled answers and the third call through, all inside botocore, which
+        # waited between them; Dockyard's own back-off was not needed.
+        assert proxy.seen.count("DescribeTasks") == 3 and proxy.throttle == 0
+        assert waits == []
+        assert time.monotonic() - started > 0.05
+    finally:
+        proxy.close()

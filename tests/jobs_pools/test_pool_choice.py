@@ -17,6 +17,7 @@ from hub.jobs.worker import Worker
 from hub.models import RunState
 from hub.settings import Settings
 from hub.web import create_app
+from spawner.jobs.base import JobStartError
 from tests.conftest import USERS, TokenTable, auth
 from tests.jobs.conftest import SHELL_IMAGE, RunsDb
 from tests.jobs.test_jobs_api import set_run
@@ -232,3 +233,44 @@ def test_runs_of_a_pool_no_longer_configured_fail_with_the_reason(
         stop.set()
         worker.wake.set()
         thread.join(30)
+
+
+def test_the_worker_builds_one_backend_per_pool(settings: Settings,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.support.requirements import require_docker
+
+    require_docker()
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    from spawner.jobs.docker import DockerJobBackend
+    from spawner.jobs.ecs import EcsJobBackend
+    from spawner.jobs.local import LocalJobBackend
+    from spawner.jobs.pools import JobPools
+    from spawner.jobs.swarm import SwarmJobBackend
+
+    configured = pool_settings(settings, {
+        "local-docker": {"backend": "docker", "network": "jobs-net",
+                         "dockyard_url": "http://10.0.0.5:10101/services/dockyard/"},
+        "swarm": {"backend": "swarm", "image_prefix": "registry.internal:5000"},
+        "ecs-fargate": {k: v for k, v in POOLS["ecs-fargate"].items() if k != "region"},
+    }, job_backend="local", public_url="https://dockyard.example.com",
+        hub_connect_ip="172.17.0.1")
+    pools = JobPools.from_settings(configured, namespace="jp")
+    try:
+        assert pools.names == ["default", "local-docker", "swarm", "ecs-fargate"]
+        assert isinstance(pools.default.backend, LocalJobBackend)
+        docker_pool = pools.get("local-docker")
+        assert isinstance(docker_pool.backend, DockerJobBackend)
+        assert docker_pool.backend.network == "jobs-net"
+        assert docker_pool.extra_env["DOCKYARD_URL"] == "http://10.0.0.5:10101/services/dockyard/"
+        swarm = pools.get("swarm")
+        assert isinstance(swarm.backend, SwarmJobBackend) and swarm.backend.poll_seconds == 0.5
+        assert swarm.image_for(SHELL_IMAGE) == f"registry.internal:5000/{SHELL_IMAGE}"
+        ecs = pools.get("ecs-fargate")
+        assert isinstance(ecs.backend, EcsJobBackend)
+        # Jobs on AWS reach Dockyard at its public URL; the region came from the AWS chain.
+        assert ecs.dockyard_url == "https://dockyard.example.com/services/dockyard/"
+        assert ecs.backend.ecs.meta.region_name == "eu-west-1"  # type: ignore[attr-defined]
+        with pytest.raises(JobStartError, match="no job pool named 'gpu' is configured"):
+            pools.get("gpu")
+    finally:
+        pools.close()

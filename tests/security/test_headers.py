@@ -51,6 +51,8 @@ def assert_hardened(response: Any) -> None:
 def test_every_kind_of_answer_is_hardened(seeded: Seeded, tmp_path: Path) -> None:
     app = seeded.app(tmp_path / "copy")
     client = app.test_client()
+    session_client = app.test_client()
+    log_in_with_cookie(session_client, "tok-alice")
     answers = {
         "page": client.get("/jobs/", headers=ALICE),
         "api": client.get("/api/v1/runs", headers=ALICE),
@@ -63,7 +65,7 @@ def test_every_kind_of_answer_is_hardened(seeded: Seeded, tmp_path: Path) -> Non
         "405": client.get("/logout"),
         "413": client.post("/api/v1/runs", headers=ALICE, data=b"x" * (2 * 1024 * 1024),
                            content_type="application/json"),
-        "csrf": client.post("/jobs/new"),
+        "csrf": session_client.post("/jobs/new"),
         "log download": client.get(f"/jobs/runs/{seeded.world.live_run}/log.txt",
                                    headers=ALICE),
     }

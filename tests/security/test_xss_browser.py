@@ -52,7 +52,9 @@ PAYLOADS = [
 TRAP = """
 window.__xss = [];
 window.xss = function (what) { window.__xss.push(String(what)); };
-window.alert = window.confirm = window.prompt = function (what) { window.__xss.push('dialog:' + what); };
+window.alert = window.confirm = window.prompt = function (what) {
+  window.__xss.push('dialog:' + what);
+};
 """
 
 #: What an injection leaves in the DOM even when nothing has run yet.
@@ -67,7 +69,9 @@ DOM_CHECK = """
       if (['href', 'src', 'action', 'formaction', 'hx-get', 'hx-post', 'data'].includes(name)
           && value.startsWith('javascript:')) found.push(el.tagName + ' ' + name + '=' + value);
     }
-    if (el.tagName === 'SCRIPT' && !el.src) found.push('inline script: ' + el.textContent.slice(0, 60));
+    if (el.tagName === 'SCRIPT' && !el.src) {
+      found.push('inline script: ' + el.textContent.slice(0, 60));
+    }
   }
   return found;
 }
@@ -77,7 +81,8 @@ HTMX_SETTLED = "() => !document.querySelector('.htmx-request, .htmx-settling, .h
 
 SHOWN_TEXT = """
 () => document.body.innerText + '\\n' + Array.from(
-  document.querySelectorAll('input, textarea, select option')).map(e => e.value || e.textContent).join('\\n')
+  document.querySelectorAll('input, textarea, select option'))
+    .map(e => e.value || e.textContent).join('\\n')
 """
 
 
@@ -100,7 +105,8 @@ def pages(world: World, text: str) -> list[tuple[str, str, bool]]:
     ns, name, p = w["namespace"], w["name"], quote(str(w["partition"]))
     stored = [
         "/jobs/", "/jobs/definitions", f"/jobs/definitions/{w['definition_id']}",
-        f"/jobs/definitions/{w['definition_id']}/edit", f"/jobs/new?definition={w['definition_id']}",
+        f"/jobs/definitions/{w['definition_id']}/edit",
+        f"/jobs/new?definition={w['definition_id']}",
         f"/jobs/new?clone={w['ended_run']}", f"/jobs/runs/{w['run_id']}",
         f"/jobs/runs/{w['ended_run']}", f"/jobs/runs/{w['ended_run']}/panel",
         f"/jobs/runs/{w['ended_run']}/log-tail?offset=0",

@@ -27,7 +27,7 @@ from pydantic import (
 from sqlalchemy import select
 
 from hub.catalog import Actor, Catalog, CatalogError
-from hub.models import Run
+from hub.models import MAX_ID, Run
 from hub.web.api import route
 from hub.web.auth import current_user
 from hub.web.context import db
@@ -180,8 +180,8 @@ class BeginIn(_In):
         None, alias="schema", description="Columns about to be written; checked now so that a "
         "mismatch is refused before any data is written")
     evolve: bool = Field(False, description="Allow new nullable columns")
-    run_id: int | None = Field(None, ge=1, description="The job run writing (lineage); a "
-                               "run-scoped token implies it")
+    run_id: int | None = Field(None, ge=1, le=MAX_ID, description="The job run writing "
+                               "(lineage); a run-scoped token implies it")
 
 
 class BeginOut(_Out):
@@ -249,8 +249,11 @@ class RollbackIn(_In):
 
 def _utc(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+        value = value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC) if value is not None else None
+    except OverflowError:  # near year 1 or 9999 with an offset: no such time in UTC
+        raise ValueError("out of range") from None
 
 
 class ReadsIn(_In):
@@ -260,7 +263,7 @@ class ReadsIn(_In):
                                  description="Read exactly this committed batch")
     as_of: datetime | None = Field(None, description="Read the state at this time (UTC if no "
                                    "zone is given)")
-    run_id: int | None = Field(None, ge=1)
+    run_id: int | None = Field(None, ge=1, le=MAX_ID)
 
     @field_validator("as_of")
     @classmethod
@@ -302,6 +305,8 @@ def _dump(model: BaseModel, status: int = 200) -> Any:
 
 # -- routes ----------------------------------------------------------------------------
 
+WRITE_REFUSED = "Only the namespace's owner and admins may write to it (everyone may read)"
+
 
 @route("/namespaces", tag=TAG, response=NamespaceList)
 @catalog_errors
@@ -335,7 +340,9 @@ def get_table(namespace: str, name: str) -> Any:
     return _dump(TableOut.model_validate(catalog().table(actor(), namespace, name)))
 
 
-@route("/tables/<namespace>/<name>", "PUT", tag=TAG, body=TableIn, response=TableOut)
+@route("/tables/<namespace>/<name>", "PUT", tag=TAG, body=TableIn, response=TableOut,
+       responses={201: "Created", 403: WRITE_REFUSED,
+                  409: "Partition keys cannot change once the table has a batch"})
 @catalog_errors
 def put_table(namespace: str, name: str, body: TableIn) -> Any:
     """Create a table (201) or change its description (200).
@@ -349,7 +356,7 @@ def put_table(namespace: str, name: str, body: TableIn) -> Any:
 
 
 @route("/tables/<namespace>/<name>/batches", "POST", tag=TAG, body=BeginIn, response=BeginOut,
-       status=201)
+       status=201, responses={403: WRITE_REFUSED, 409: "The schema does not match the table's"})
 @catalog_errors
 def begin_batch(namespace: str, name: str, body: BeginIn) -> Any:
     """Begin a batch: returns its id and the directory to write parquet files to.
@@ -369,7 +376,8 @@ def get_batch(namespace: str, name: str, batch_id: str) -> Any:
 
 
 @route("/tables/<namespace>/<name>/batches/<batch_id>/commit", "POST", tag=TAG, body=CommitIn,
-       response=CommitOut)
+       response=CommitOut, responses={403: WRITE_REFUSED,
+                                      409: "Files missing, or the schema does not match"})
 @catalog_errors
 def commit_batch(namespace: str, name: str, batch_id: str, body: CommitIn) -> Any:
     """Commit a batch: verify its files and make it the partition's current batch.
@@ -398,7 +406,7 @@ def table_history(namespace: str, name: str, query: HistoryQuery) -> Any:
 
 
 @route("/tables/<namespace>/<name>/rollback", "POST", tag=TAG, body=RollbackIn,
-       response=HistoryOut)
+       response=HistoryOut, responses={403: WRITE_REFUSED, 409: "Nothing to roll back to"})
 @catalog_errors
 def rollback(namespace: str, name: str, body: RollbackIn) -> Any:
     """Point a partition back at an earlier committed batch (owners and admins).

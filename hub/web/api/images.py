@@ -46,7 +46,7 @@ from hub.images.service import (
     versions_of,
 )
 from hub.images.usage import ImageUsage, notebook_servers_by_image, usage_of
-from hub.models import Image, ImageEvent
+from hub.models import MAX_ID, Image, ImageEvent
 from hub.web.api import registry, route
 from hub.web.auth import User, current_user, require_admin
 from hub.web.context import db, settings
@@ -181,8 +181,8 @@ class BuildLogOut(BaseModel):
 class DiffQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    from_: int = Field(alias="from", ge=1, description="The older image's id.")
-    to: int = Field(ge=1, description="The newer image's id.")
+    from_: int = Field(alias="from", ge=1, le=MAX_ID, description="The older image's id.")
+    to: int = Field(ge=1, le=MAX_ID, description="The newer image's id.")
 
 
 class PackageChanges(BaseModel):
@@ -464,7 +464,9 @@ def list_images(query: ImageListQuery) -> ImageList:
     return ImageList(images=[image_out(i, usage=usage[i.reference]) for i in images])
 
 
-@route("/images", "POST", tag=TAG, response=ImageOut, status=201, admin=True)
+@route("/images", "POST", tag=TAG, response=ImageOut, status=201, admin=True,
+       responses={404: "The engine has no image by that name",
+                  409: "The image is already in the catalog"})
 @service_errors
 def create_image(**_: Any) -> Any:
     """Register an image the engine has, or build a new one.
@@ -484,7 +486,8 @@ def create_image(**_: Any) -> Any:
 registry.operations[-1].body = CreateImage
 
 
-@route("/images/diff", tag=TAG, query=DiffQuery, response=ImageDiffOut)
+@route("/images/diff", tag=TAG, query=DiffQuery, response=ImageDiffOut,
+       responses={404: "No such image in the catalog (or not offered to you)"})
 @service_errors
 def diff_images(query: DiffQuery) -> ImageDiffOut:
     """What changed between two images: versions, kernels, pip and R packages."""
@@ -504,7 +507,8 @@ def get_image_route(image_id: int) -> ImageOut:
     return image_out(image, usage=usage, events=events_of(session, image), full=True)
 
 
-@route("/images/<int:image_id>", "PATCH", tag=TAG, body=ImagePatch, response=ImageOut, admin=True)
+@route("/images/<int:image_id>", "PATCH", tag=TAG, body=ImagePatch, response=ImageOut, admin=True,
+       responses={409: "Not possible in the image's state (retired, building, unusable)"})
 @service_errors
 def patch_image(image_id: int, body: ImagePatch) -> ImageOut:
     """Change description, uses, defaults, profiles; retire or unretire."""
@@ -528,7 +532,8 @@ def patch_image(image_id: int, body: ImagePatch) -> ImageOut:
     return image_out(image, events=events, full=True)
 
 
-@route("/images/<int:image_id>", "DELETE", tag=TAG, status=204, admin=True)
+@route("/images/<int:image_id>", "DELETE", tag=TAG, status=204, admin=True,
+       responses={409: "Notebook servers, runs or definitions still use it"})
 @service_errors
 def delete_image_route(image_id: int) -> Any:
     """Remove an image from the catalog; 409 naming who uses it while anything does."""
@@ -536,7 +541,8 @@ def delete_image_route(image_id: int) -> Any:
     return "", 204
 
 
-@route("/images/<int:image_id>/build", "POST", tag=TAG, response=ImageOut, status=202, admin=True)
+@route("/images/<int:image_id>/build", "POST", tag=TAG, response=ImageOut, status=202, admin=True,
+       responses={409: "The image is retired or already building"})
 @service_errors
 def build_image(image_id: int, **_: Any) -> Any:
     """Build (or rebuild) the image in the worker.

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Response, send_file
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hub.jobs import service
 from hub.jobs.logs import log_path, read_log
 from hub.jobs.schemas import Command, DefinitionIn, JobLimits, RunIn
 from hub.jobs.service import Conflict, InvalidJob, NotFound, RunFilters, SortKey
-from hub.models import JobDefinition, Run, RunEvent, RunState
+from hub.models import MAX_ID, JobDefinition, Run, RunEvent, RunState
 from hub.web.api import route
 from hub.web.auth import User, current_user
 from hub.web.context import db, settings
@@ -157,13 +157,24 @@ class RunsQuery(BaseModel):
     owner: str | None = Field(None, max_length=64, description="Admins: someone's runs.")
     image: str | None = Field(None, max_length=255)
     tag: str | None = Field(None, max_length=64)
-    definition: int | None = Field(None, ge=1, description="A definition id.")
+    definition: int | None = Field(None, ge=1, le=MAX_ID, description="A definition id.")
     since: datetime | None = Field(None, description="Queued at or after (ISO 8601).")
     until: datetime | None = Field(None, description="Queued before (ISO 8601).")
     sort: SortKey = Field("-queued", description="queued, started or finished; '-' for newest "
                           "first.")
     cursor: str | None = Field(None, max_length=512)
     limit: int = Field(50, ge=1, description="Page size (at most DOCKYARD_API_PAGE_SIZE_MAX).")
+
+    @field_validator("since", "until")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        """Times without a zone are UTC; times that cannot be told in UTC are refused."""
+        if value is None:
+            return None
+        try:
+            return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+        except OverflowError:
+            raise ValueError("out of range") from None
 
 
 class LogQuery(BaseModel):
@@ -208,7 +219,8 @@ def list_definitions() -> DefinitionListOut:
     return DefinitionListOut(definitions=[DefinitionOut.of(d) for d in found])
 
 
-@route("/definitions", "POST", tag="jobs", body=DefinitionIn, response=DefinitionOut, status=201)
+@route("/definitions", "POST", tag="jobs", body=DefinitionIn, response=DefinitionOut, status=201,
+       responses={409: "You already have a definition of that name"})
 def create_definition(body: DefinitionIn) -> DefinitionOut:
     """Create a job definition: a named recipe (image, command, resources) for runs."""
     with service_errors():
@@ -223,7 +235,7 @@ def get_definition(definition_id: int) -> DefinitionOut:
 
 
 @route("/definitions/<int:definition_id>", "PUT", tag="jobs", body=DefinitionIn,
-       response=DefinitionOut)
+       response=DefinitionOut, responses={409: "You already have a definition of that name"})
 def update_definition(definition_id: int, body: DefinitionIn) -> DefinitionOut:
     """Replace a job definition (runs already made from it keep their copy)."""
     with service_errors():
@@ -282,14 +294,17 @@ def get_run(run_id: int) -> RunOut:
         return RunOut.of(service.get_run(db(), _caller(), run_id))
 
 
-@route("/runs/<int:run_id>/cancel", "POST", tag="jobs", response=RunOut, status=202)
+@route("/runs/<int:run_id>/cancel", "POST", tag="jobs", response=RunOut, status=202,
+       responses={409: "The run has already ended"})
 def cancel_run(run_id: int) -> RunOut:
     """Ask for a run to be cancelled; the worker stops it. 409 if it has already ended."""
     with service_errors():
         return RunOut.of(service.request_cancel(write_db(), _caller(), run_id))
 
 
-@route("/runs/<int:run_id>/retry", "POST", tag="jobs", response=RunOut, status=201)
+@route("/runs/<int:run_id>/retry", "POST", tag="jobs", response=RunOut, status=201,
+       responses={409: "The run has not ended yet", 422: "Its image or pool may no longer "
+                  "be used"})
 def retry_run(run_id: int) -> RunOut:
     """Queue a new attempt of a run that has ended; the old attempt is kept."""
     with service_errors():

@@ -10,9 +10,11 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from hub.models import MAX_ID
+
 _CONVERTER = re.compile(r"<(?:[a-z]+:)?([a-zA-Z_]+)>")
 _TYPED_PARAM = re.compile(r"<(?:([a-z]+):)?([a-zA-Z_]+)>")
-_PARAM_SCHEMA = {"int": {"type": "integer", "minimum": 0}}
+_PARAM_SCHEMA = {"int": {"type": "integer", "minimum": 0, "maximum": MAX_ID}}
 
 
 @dataclass
