@@ -47,6 +47,7 @@ from hub.jobs.logs import LogFile, log_path, relative_log_location
 from hub.jobs.service import new_attempt
 from hub.jobs.states import ACTIVE_STATES, advance, deadline_of, outcome
 from hub.jobs.tokens import hash_token, run_token, token_key
+from hub.logs import log_context
 from hub.models import Run, RunEvent, RunState, utcnow
 from hub.settings import Settings
 from spawner.jobs.base import (
@@ -163,6 +164,7 @@ class Worker:
         self._last_duty = 0.0
         # Called on every pass of the loop; /health reports a loop that stopped coming round.
         self.heartbeat: Callable[[], None] = lambda: None
+        self._owners: dict[int, str | None] = {}  # run id -> owner, for log lines
 
     # -- the loop ------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -250,7 +252,9 @@ class Worker:
 
         def work() -> None:
             try:
-                task(*args)
+                # Every log line written while working on the run names it and its owner.
+                with log_context(run_id=run_id, user=self._owner(run_id)):
+                    task(*args)
             except Exception:
                 log.exception("Working on run %s failed; will look again", run_id)
             finally:
@@ -259,6 +263,19 @@ class Worker:
                 self.wake.set()
 
         self.pool.submit(work)
+
+    def _owner(self, run_id: int) -> str | None:
+        """The run's owner, for log lines; read once per run and kept (a run's owner never
+        changes)."""
+        owner = self._owners.get(run_id)
+        if owner is None:
+            try:
+                with self.reads() as session:
+                    owner = session.scalar(select(Run.owner).where(Run.id == run_id))
+            except SQLAlchemyError:
+                return None
+            self._owners[run_id] = owner
+        return owner
 
     # -- reading the queue -----------------------------------------------------------------
     def _active_runs(self) -> list[Any]:

@@ -76,7 +76,7 @@ class Compose:
         while pending and time.monotonic() < deadline:
             for service in list(pending):
                 ids = self.run("ps", "-q", service, check=False).stdout.split()
-                if ids and health_of(ids[0]) == "healthy":
+                if ids and all(health_of(i) == "healthy" for i in ids):
                     pending.remove(service)
             if pending:
                 time.sleep(1)

@@ -1,0 +1,103 @@
+"""A data writer (the real Python client, in its own process) killed with SIGKILL at a
+random moment of a write, 20 times: before it began, while it wrote the parquet files,
+around the commit, after it. (tests/data/test_crash.py kills at the two fixed points
+before the commit and checks that gc removes what is left; this one lets the moment
+fall anywhere.)
+
+After every kill, readers see either the partition as it was or the killed writer's
+batch whole, never part of one; every committed batch stays readable in full; what was
+left pending is invisible and is exactly what gc would find."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from hub.catalog import Catalog
+from hub.settings import Settings
+
+KILLS = 20
+ROWS = 200_000
+NAMESPACE, TABLE, DAY = "faults", "events", {"date": "20240101"}
+
+
+def _write(live_url: str, value: int, started: Any) -> None:
+    """In the child: store a frame whose every row says which writer wrote it."""
+    from dockyard_data import Client, ClientConfig
+
+    client = Client(config=ClientConfig(url=live_url, token="tok-alice"))
+    frame = pd.DataFrame({"writer": [value] * ROWS, "row": range(ROWS)})
+    started.set()
+    client.store_dataframe(frame, NAMESPACE, TABLE, partition=DAY)
+
+
+def _writer(live_url: str, value: int) -> tuple[Any, Any]:
+    context = multiprocessing.get_context("fork")
+    started = context.Event()
+    process = context.Process(target=_write, args=(live_url, value, started))
+    process.start()
+    assert started.wait(30), "the writer did not start"
+    return process, started
+
+
+def _check_whole(frame: pd.DataFrame) -> int:
+    """A batch read back whole: ROWS rows of one writer, rows 0..ROWS-1 in order."""
+    assert len(frame) == ROWS, len(frame)
+    writers = frame["writer"].unique()
+    assert len(writers) == 1, writers
+    assert frame["row"].tolist() == list(range(ROWS))
+    return int(writers[0])
+
+
+@pytest.mark.timeout(300)
+def test_writers_killed_at_random_moments_leave_whole_batches_or_nothing(
+        connect: Callable[[str], Any], live_url: str, migrated: Settings) -> None:
+    alice = connect("tok-alice")
+    rng = random.Random(20240101)
+    # A write that is let finish: how long one takes, and the partition's first state.
+    started_at = time.monotonic()
+    process, _ = _writer(live_url, 0)
+    process.join(60)
+    assert process.exitcode == 0
+    full_write = time.monotonic() - started_at
+    current = _check_whole(alice.load_dataframe(NAMESPACE, TABLE, partitions=[DAY]))
+    assert current == 0
+
+    outcomes = {"before commit": 0, "committed": 0}
+    for kill in range(1, KILLS + 1):
+        process, _ = _writer(live_url, kill)
+        time.sleep(rng.uniform(0, full_write * 1.2))
+        os.kill(process.pid, signal.SIGKILL)
+        process.join(30)
+        assert process.exitcode in (-signal.SIGKILL, 0)
+        # Readers see the old batch or the new one, whole.
+        seen = _check_whole(alice.load_dataframe(NAMESPACE, TABLE, partitions=[DAY]))
+        assert seen in (current, kill), (seen, current, kill)
+        outcomes["committed" if seen == kill else "before commit"] += 1
+        current = seen
+
+    # Every batch the history names is there in full, the current one last.
+    history = alice.history(NAMESPACE, TABLE)
+    assert [h["action"] for h in history] == ["commit"] * len(history)
+    writers = [_check_whole(alice.load_dataframe(NAMESPACE, TABLE, batch_id=h["batch_id"]))
+               for h in history]
+    assert writers == sorted(set(writers)) and writers[-1] == current
+    assert len(history) == 1 + outcomes["committed"]
+    # What was begun and never committed is pending: invisible, and what gc would remove.
+    catalog = Catalog.from_settings(migrated)
+    pending = catalog.abandoned_batches(older_than=timedelta(0))
+    committed_ids = {h["batch_id"] for h in history}
+    assert not committed_ids & {b.batch_id for b in pending}
+    assert len(pending) <= outcomes["before commit"]
+    print(f"\n{KILLS} writers killed: {outcomes}; {len(pending)} pending batches left")
+    # Both kinds of moment were hit, or the test proved less than it says.
+    assert outcomes["before commit"] >= 3 and outcomes["committed"] >= 1, outcomes
