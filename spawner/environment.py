@@ -12,10 +12,17 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import logging
+import os
+from pathlib import Path
 
 from hub.settings import Settings
 
+log = logging.getLogger(__name__)
+
 LOOPBACK = "127.0.0.1"
+# The user notebook and job containers run as (the images' jovyan).
+CONTAINER_UID, CONTAINER_GID = 1000, 100
 # Where containers see a local data root (a bind mount of DOCKYARD_DATA_ROOT).
 CONTAINER_DATA_ROOT = "/dockyard/data"
 
@@ -83,6 +90,22 @@ def local_data_root(settings: Settings) -> str | None:
     """The host directory of the data root, when it is one (not s3://): containers need
     it mounted, at CONTAINER_DATA_ROOT."""
     return None if settings.data_dir.startswith("s3://") else settings.data_dir
+
+
+def let_containers_write(data_root: Path, *, ours: bool) -> None:
+    """Notebook and job containers (uid 1000) write their batches into a local data root.
+    Dockyard's own default directory is handed to that user when we run as root; a
+    directory an admin chose is never changed behind their back, only reported."""
+    data_root.mkdir(parents=True, exist_ok=True)
+    if data_root.stat().st_uid == CONTAINER_UID:
+        return
+    if ours and os.geteuid() == 0:
+        os.chown(data_root, CONTAINER_UID, CONTAINER_GID)
+        return
+    if data_root.stat().st_mode & 0o002 == 0:
+        log.warning("Containers run as uid %s and may not be able to write the data root %s; "
+                    "make it writable for that user, or use an s3:// data root.",
+                    CONTAINER_UID, data_root)
 
 
 def container_environment(settings: Settings, dockyard_url: str, *,

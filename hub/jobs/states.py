@@ -9,6 +9,7 @@ status) can never move a run back or record two outcomes.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,6 +18,8 @@ from sqlalchemy.orm import Session
 
 from hub.models import FINAL_STATES, Run, RunEvent, RunState
 from spawner.jobs.base import EngineState, JobStatus
+
+log = logging.getLogger(__name__)
 
 RANK = {
     RunState.QUEUED: 0,
@@ -56,6 +59,9 @@ def advance(session: Session, run_id: int, target: RunState, *, actor: str, why:
         return False
     session.add(RunEvent(run_id=run_id, from_status=current.value, to_status=target.value,
                          actor=actor, reason=why))
+    # One log line per transition, carrying the run id (and the owner, where known).
+    log.info("Run %s: %s -> %s by %s%s", run_id, current.value, target.value, actor,
+             f": {why}" if why else "", extra={"run_id": run_id})
     return True
 
 

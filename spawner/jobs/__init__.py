@@ -14,6 +14,8 @@ among them, with the pool's options.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hub.settings import Settings
 from spawner.jobs.base import JobBackend
 
@@ -31,13 +33,20 @@ def resolve_backend_name(settings: Settings) -> str:
 
 def make_backend(name: str, settings: Settings, *, namespace: str) -> JobBackend:
     if name == "docker":
-        from spawner.environment import dockyard_url_for_containers
+        from spawner.environment import (
+            dockyard_url_for_containers,
+            let_containers_write,
+            local_data_root,
+        )
         from spawner.jobs.docker import DockerJobBackend
 
         url = settings.job_dockyard_url or dockyard_url_for_containers(settings)
+        data_root = local_data_root(settings)
+        if data_root:
+            let_containers_write(Path(data_root), ours=settings.data_root == "")
         return DockerJobBackend(
             namespace, url, network=settings.docker_network, pids_limit=settings.job_pids_limit,
-            pool_size=2 * settings.max_concurrent_runs + 8,
+            pool_size=2 * settings.max_concurrent_runs + 8, data_root=data_root,
         )
     if name == "local":
         from spawner.environment import dockyard_url_for_processes

@@ -25,6 +25,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.models.containers import _create_container_args
 from docker.types import DeviceRequest
 
+from spawner.environment import CONTAINER_DATA_ROOT
 from spawner.jobs.base import (
     LABEL_NAMESPACE,
     LABEL_ROLE,
@@ -60,16 +61,20 @@ def job_user(image_user: str | None) -> str:
 
 
 def container_options(
-    spec: JobSpec, *, namespace: str, network: str, user: str, pids_limit: int
+    spec: JobSpec, *, namespace: str, network: str, user: str, pids_limit: int,
+    data_root: str | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``containers.create``: the run's command in exec form, its
-    limits, and the same hardening as notebook containers."""
+    limits, and the same hardening as notebook containers. A local data root (a host
+    directory) is the one host path a job sees, at the place notebooks see it too."""
     options: dict[str, Any] = {
         "image": spec.image,
         "command": list(spec.argv),
         "name": container_name(namespace, spec.run_id),
         "labels": spec.labels(namespace),
-        "environment": dict(spec.env),
+        # Images that bring tini as their entrypoint run under Docker's init here; as a
+        # subreaper it still reaps and stops warning that it is not PID 1.
+        "environment": {"TINI_SUBREAPER": "1", **spec.env},
         "user": user,
         # A tiny init as PID 1 forwards SIGTERM to the job and reaps its children.
         "init": True,
@@ -81,6 +86,8 @@ def container_options(
         "security_opt": ["no-new-privileges"],
         "cap_drop": ["ALL"],
     }
+    if data_root:
+        options["volumes"] = {data_root: {"bind": CONTAINER_DATA_ROOT, "mode": "rw"}}
     if spec.gpu:
         options["device_requests"] = [DeviceRequest(count=spec.gpu, capabilities=[["gpu"]])]
     return options
@@ -150,9 +157,11 @@ class DockerJobBackend(JobBackend):
         pids_limit: int = 1024,
         pool_size: int = 16,
         client: docker.DockerClient | None = None,
+        data_root: str | None = None,
     ) -> None:
         super().__init__(namespace, dockyard_url)
         self.network = network
+        self.data_root = data_root
         self.pids_limit = pids_limit
         self.client = client or docker.from_env(timeout=60, max_pool_size=pool_size)
         # Log and event streams may stay quiet for hours: no read timeout on them.
@@ -180,7 +189,8 @@ class DockerJobBackend(JobBackend):
     def start(self, spec: JobSpec) -> JobStatus:
         name = container_name(self.namespace, spec.run_id)
         options = container_options(spec, namespace=self.namespace, network=self.network,
-                                    user=self._user_for(spec.image), pids_limit=self.pids_limit)
+                                    user=self._user_for(spec.image), pids_limit=self.pids_limit,
+                                    data_root=self.data_root)
         api = self.client.api
         try:
             # The low-level calls (create, start, inspect) spare the high-level client's

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from hub.jobs.pools import DEFAULT_POOL, JobPoolConfig, image_in_pool
 from hub.settings import Settings
-from spawner.environment import container_environment
+from spawner.environment import CONTAINER_DATA_ROOT, container_environment
 from spawner.jobs import make_backend, resolve_backend_name
 from spawner.jobs.base import JobBackend, JobSpec, JobStartError
 
@@ -111,7 +111,10 @@ class JobPools:
 
 def _pool(name: str, backend: JobBackend, config: JobPoolConfig | None,
           settings: Settings) -> JobPool:
-    return JobPool(name, backend, config, container_environment(settings, backend.dockyard_url))
+    # A job container sees a local data root where the backend mounted it.
+    mounted_at = CONTAINER_DATA_ROOT if getattr(backend, "data_root", None) else None
+    return JobPool(name, backend, config, container_environment(
+        settings, backend.dockyard_url, data_root_mounted_at=mounted_at))
 
 
 def build_backend(config: JobPoolConfig, settings: Settings, *, namespace: str) -> JobBackend:

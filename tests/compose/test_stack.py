@@ -280,6 +280,12 @@ def test_stack_end_to_end_with_restarts_and_a_restore(stack: Stack, tmp_path: Pa
     into_running = [e for e in events["events"] if e["to_status"] == "RUNNING"]
     assert len(into_running) == 1, f"two workers, restarted, started the job once: {events}"
     assert finished["attempt"] == 1
+    # Structured logs: JSON lines, those about the run naming it and its owner.
+    worker_lines = [line.split("| ", 1)[-1] for line in stack.compose.run(
+        "logs", "--no-color", "worker").stdout.splitlines() if "| {" in line]
+    entries = [json.loads(line) for line in worker_lines]
+    about_run = [e for e in entries if e.get("run_id") == run_id]
+    assert about_run and all(e["user"] == USER for e in about_run), worker_lines[-20:]
 
     table = api(ada_token, "GET", hub.service(f"api/v1/tables/{NAMESPACE}/{TABLE}"))
     assert table.status_code == 200, table.text

@@ -68,10 +68,17 @@ def test_container_options_carry_limits_hardening_and_labels() -> None:
     assert options["cap_drop"] == ["ALL"]
     assert options["init"] is True
     assert options["network"] == "dockyard"
-    assert options["environment"] == {"A": "1"}
+    assert options["environment"] == {"TINI_SUBREAPER": "1", "A": "1"}
     # No volumes, no binds, no privileges: in particular never the Docker socket.
     for forbidden in ("volumes", "mounts", "privileged", "cap_add", "device_requests"):
         assert forbidden not in options
+
+
+def test_a_local_data_root_is_the_one_bind_mount() -> None:
+    options = container_options(spec(), namespace="n", network="bridge", user="u",
+                                pids_limit=10, data_root="/srv/dockyard/data")
+    assert options["volumes"] == {"/srv/dockyard/data": {"bind": "/dockyard/data", "mode": "rw"}}
+    assert "/var/run/docker.sock" not in str(options)
 
 
 def test_gpus_become_a_device_request() -> None:
