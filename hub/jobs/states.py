@@ -44,9 +44,10 @@ def advance(session: Session, run_id: int, target: RunState, *, actor: str, why:
 
     Returns False (and changes nothing) when the run is already at or past ``target``.
     """
-    current = session.scalar(select(Run.status).where(Run.id == run_id))
-    if current is None or not may_advance(current, target):
+    row = session.execute(select(Run.status, Run.owner).where(Run.id == run_id)).one_or_none()
+    if row is None or not may_advance(row.status, target):
         return False
+    current = row.status
     if target in FINAL_STATES:
         values.setdefault("reason", why)
     result = session.execute(
@@ -59,9 +60,9 @@ def advance(session: Session, run_id: int, target: RunState, *, actor: str, why:
         return False
     session.add(RunEvent(run_id=run_id, from_status=current.value, to_status=target.value,
                          actor=actor, reason=why))
-    # One log line per transition, carrying the run id (and the owner, where known).
+    # One log line per transition, naming the run and its owner.
     log.info("Run %s: %s -> %s by %s%s", run_id, current.value, target.value, actor,
-             f": {why}" if why else "", extra={"run_id": run_id})
+             f": {why}" if why else "", extra={"run_id": run_id, "user": row.owner})
     return True
 
 

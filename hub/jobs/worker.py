@@ -609,19 +609,21 @@ class Worker:
             ))
         for run_id, status, handle in mine:
             job = jobs.pop(run_id, None)
+            about = {"run_id": run_id, "user": self._owner(run_id)}  # for the log lines
             if job is None:
                 if status == RunState.PENDING:
                     log.info("Reconcile: run %s was claimed but never started; starting it",
-                             run_id)
+                             run_id, extra=about)
                     self._submit(run_id, self._start_claimed, run_id)
                 else:
-                    log.info("Reconcile: run %s has no job on the engine any more", run_id)
+                    log.info("Reconcile: run %s has no job on the engine any more", run_id,
+                             extra=about)
                     self._submit(run_id, self._settle_ended, run_id, JobStatus(
                         EngineState.MISSING, handle,
                         reason="the job was gone when the worker came back"))
                 continue
             log.info("Reconcile: run %s has job %s (%s); adopting it", run_id, job.handle,
-                     job.state)
+                     job.state, extra=about)
             if job.ended:
                 self._submit(run_id, self._settle_ended, run_id, job)
             elif job.state == EngineState.PENDING:

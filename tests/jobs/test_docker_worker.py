@@ -160,7 +160,10 @@ def test_a_run_succeeds_hardened_with_its_identity_and_keeps_its_log(jobs: Harne
     assert "no-new-privileges" in host["SecurityOpt"]
     assert host["Memory"] == 96 * 1024 * 1024 and host["NanoCpus"] == 500_000_000
     assert host["PidsLimit"] == 1024 and host["Init"] is True
-    assert not host.get("Privileged") and not host.get("Binds") and not container.attrs["Mounts"]
+    assert not host.get("Privileged")
+    # The one host path a job sees is the local data root, at /dockyard/data.
+    mounts = [(m["Source"], m["Destination"]) for m in container.attrs["Mounts"]]
+    assert mounts == [(jobs.base.data_dir, "/dockyard/data")], mounts
     config = container.attrs["Config"]
     assert config["User"] == "1000:1000"
     assert config["Cmd"][:2] == ["/bin/sh", "-c"]
