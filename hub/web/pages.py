@@ -39,8 +39,10 @@ def oauth_callback() -> Any:
     session.clear()
     session["token"] = token
     session.permanent = True
-    # Only a path on this site: an absolute next_url would be an open redirect.
-    if not next_url.startswith("/") or next_url.startswith("//"):
+    # Only a path on this site: an absolute next_url would be an open redirect. Browsers
+    # read "\" as "/" and drop tabs and newlines, so "/\t/evil.example" is one too.
+    if (not next_url.startswith("/") or next_url.startswith("//")
+            or any(c in next_url for c in "\\\t\r\n")):
         next_url = url_for("pages.index")
     return redirect(next_url)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -122,6 +123,10 @@ def status_from_inspect(attrs: Mapping[str, Any]) -> JobStatus:
             limit = (attrs.get("HostConfig") or {}).get("Memory") or 0
             shown = f" of {limit // (1024 * 1024)} MB" if limit else ""
             reasons.append(f"out of memory: killed at the limit{shown}")
+        elif killed_by(code):
+            # Stopped from outside the job: a cancel or timeout, `docker stop`, or the
+            # engine itself shutting down or restarting.
+            reasons.append(f"killed by {killed_by(code)}")
         if state.get("Error"):
             reasons.append(str(state["Error"]))
         if docker_status == "dead":
@@ -134,6 +139,16 @@ def status_from_inspect(attrs: Mapping[str, Any]) -> JobStatus:
     if docker_status == "removing":
         return JobStatus(EngineState.MISSING, handle, reason="the container is being removed")
     return JobStatus(EngineState.PENDING, handle)
+
+
+def killed_by(exit_code: int | None) -> str | None:
+    """The signal an exit code of 128+N reports (as shells and the container's init do)."""
+    if exit_code is None or not 128 < exit_code < 128 + signal.NSIG:
+        return None
+    try:
+        return signal.Signals(exit_code - 128).name
+    except ValueError:
+        return None
 
 
 def run_id_of(labels: Mapping[str, str] | None) -> int | None:

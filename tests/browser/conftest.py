@@ -19,7 +19,10 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API is open it keeps an event loop
+# running in the main thread, which breaks asyncio.run() and other Playwright sessions
+# in later test modules.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     executable = require_chromium()
     from playwright.sync_api import sync_playwright

@@ -78,6 +78,30 @@ def restart_dockerd() -> None:
     start_dockerd()
 
 
+def other_test_runs() -> list[int]:
+    """pytest processes on this machine other than this one, its parents and children."""
+    mine = {os.getpid()}
+    pid = os.getpid()
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        mine.add(pid)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"pytest" in command and parent not in mine:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
 @pytest.fixture
 def engine_to_ourselves() -> Iterator[None]:
     require_image(SHELL_IMAGE)
@@ -86,10 +110,16 @@ def engine_to_ourselves() -> Iterator[None]:
                 ".ci/run (not under systemd).")
     engine = docker.from_env(timeout=30)
     others = [c.name for c in engine.containers.list()]
+    swarm = engine.info().get("Swarm", {}).get("LocalNodeState") == "active"
     engine.close()
-    if others:
-        missing("A Docker engine to itself", f"containers are running ({', '.join(others[:5])}); "
-                "restarting the engine would stop them.")
+    if others or swarm:
+        missing("A Docker engine to itself", f"containers are running ({', '.join(others[:5])})"
+                f"{' and swarm mode is on' if swarm else ''}; restarting the engine would "
+                "stop them.")
+    runs = other_test_runs()
+    if runs:
+        missing("A Docker engine to itself", f"other test runs are going on (pids {runs}) and "
+                "may start containers at any moment.")
     try:
         yield
     finally:
@@ -133,14 +163,17 @@ def test_runs_end_with_a_reason_or_retry_and_none_is_stuck(
             restart_dockerd()
 
             runs = {r: db.wait_for(r, *FINAL, timeout=120) for r in doomed + retried + queued}
+            # The reason says the job was stopped from outside (SIGTERM from the engine's
+            # shutdown, or SIGKILL when it did not stop in time) or that it vanished.
             for run_id in doomed:
                 run = runs[run_id]
-                assert run.status == RunState.FAILED and run.reason, (run.status, run.reason)
+                assert run.status == RunState.FAILED, (run.status, run.reason)
+                assert "killed by SIG" in run.reason or "vanished" in run.reason, run.reason
             # Those that may be retried come back as a second attempt, which succeeds.
             attempts = {r.retry_of_id: r for r in db.runs() if r.retry_of_id in retried}
             assert set(attempts) == set(retried)
             for run_id in retried:
-                assert runs[run_id].status == RunState.FAILED and runs[run_id].reason
+                assert runs[run_id].status == RunState.FAILED and runs[run_id].reason, runs[run_id]
                 second = db.wait_for(attempts[run_id].id, *FINAL, timeout=60)
                 assert second.status == RunState.SUCCEEDED and second.attempt == 2
                 assert log_file(settings, second.id).read_text() == "attempt-2\n"

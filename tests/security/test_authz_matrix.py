@@ -2,9 +2,10 @@
 another user, an admin; by API token and by the browser's cookie session.
 
 The routes come from the app's own URL map: a route added without a line in EXPECTED
-fails ``test_every_route_has_an_expectation``. Each request that changes something runs
-on a fresh copy of the seeded installation, so one role's change never decides another
-role's answer.
+fails ``test_every_route_has_an_expectation``. Each request allowed to change something
+runs on a fresh copy of the seeded installation, so one role's change never decides
+another role's answer; the refused ones share a copy, which must come out unchanged.
+For routes without an object of their own, "owner" and "other" are simply two users.
 
 The rules the table spells out: pages send an anonymous visitor to the hub's login and
 the API answers 401, for changes too (the CSRF check, test_csrf.py, is for requests a
@@ -15,7 +16,7 @@ namespace's owner and admins (403 for others, since they can see the table).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,6 @@ class Expect:
     admin: int
     json: dict[str, Any] | None = None
     form: dict[str, str] | None = None
-    # Only for routes with no object: "owner" and "other" are both just users.
-    notes: str = field(default="", compare=False)
 
     def codes(self) -> dict[str, int | str]:
         return {"anonymous": self.anonymous, "owner": self.owner, "other": self.other,

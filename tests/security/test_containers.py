@@ -119,7 +119,9 @@ def test_a_job_cannot_get_out(jobs: JobHarness) -> None:
     assert run.status == RunState.SUCCEEDED, (run.status, run.reason)
     found = findings(log_file(jobs.settings, probe).read_text())
     assert_nothing_escaped(found)
-    assert found["host_mounts"] == [], "a job sees no host directory at all"
+    # Of the host, a job sees the data catalog's local root (a configured volume), no more.
+    assert [(m["point"], m["source"]) for m in found["host_mounts"]] in (
+        [], [("/dockyard/data", str(jobs.settings.home / "data"))]), found["host_mounts"]
 
     run = jobs.wait(fork_bomb)
     assert run.status == RunState.SUCCEEDED, (run.status, run.reason)

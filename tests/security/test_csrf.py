@@ -126,3 +126,15 @@ def test_gets_change_nothing(seeded: Seeded, tmp_path: Path) -> None:
             client.get(_fill(expect.path, values))
     assert fingerprint(app) == before
     app.extensions["dockyard.engine"].dispose()
+
+
+def test_scripts_may_send_the_token_in_either_header(seeded: Seeded, tmp_path: Path) -> None:
+    """htmx sends X-CSRFToken (static/dockyard.js); X-XSRF-Token works too, for fetch."""
+    app = seeded.app(tmp_path / "copy")
+    for header in ("X-CSRFToken", "X-XSRF-Token"):
+        client = app.test_client()
+        token = log_in_with_cookie(client, "tok-alice")
+        made = client.post("/api/v1/runs", headers={header: token},
+                           json={"image": "debian:bookworm-slim", "command": "true"})
+        assert made.status_code == 201, (header, made.json)
+    app.extensions["dockyard.engine"].dispose()

@@ -213,3 +213,26 @@ def test_pages_never_show_the_sessions_token(seeded: Seeded, tmp_path: Path) -> 
         shown += 1
     assert shown > 40
     app.extensions["dockyard.engine"].dispose()
+
+
+@pytest.mark.parametrize("next_url", [
+    "//evil.example/", "/\\evil.example/", "\\\\evil.example/", "https://evil.example/",
+    "/\t/evil.example/", "/\n/evil.example/", " //evil.example/", "javascript:alert(1)",
+])
+def test_the_login_never_sends_the_browser_elsewhere(seeded: Seeded, next_url: str) -> None:
+    """Browsers read '\\' as '/' and drop tabs and newlines inside URLs: each of these
+    would leave the site, and each ends on Dockyard's own start page instead."""
+    app = seeded.app()
+    response = app.test_client().get("/oauth_callback", query_string={
+        "code": "tok-alice", "state": next_url})
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/", response.headers["Location"]
+    app.extensions["dockyard.engine"].dispose()
+
+
+def test_the_login_returns_to_the_page_asked_for(seeded: Seeded) -> None:
+    app = seeded.app()
+    response = app.test_client().get("/oauth_callback", query_string={
+        "code": "tok-alice", "state": "/services/dockyard/jobs/?status=FAILED"})
+    assert response.headers["Location"] == "/services/dockyard/jobs/?status=FAILED"
+    app.extensions["dockyard.engine"].dispose()

