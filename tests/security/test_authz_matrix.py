@@ -278,9 +278,6 @@ def _refused(expected: int | str) -> bool:
     return expected == LOGIN or int(expected) >= 400
 
 
-CHECKS: list[str] = []
-
-
 @pytest.mark.parametrize("key", sorted(EXPECTED))
 def test_route_answers_each_role(key: str, seeded: Seeded, tmp_path: Path) -> None:
     method = key.split(" ")[0]
@@ -303,7 +300,6 @@ def test_route_answers_each_role(key: str, seeded: Seeded, tmp_path: Path) -> No
         elif way == "cookie":
             csrf = log_in_with_cookie(client, ROLE_TOKENS[role])
         response = _call(client, method, expect, values, headers, csrf)
-        CHECKS.append(f"{key} {role} {way}")
         problem = _check(response, expected)
         if problem:
             wrong.append(f"{role} by {way}: expected {expected}, got {problem}")
