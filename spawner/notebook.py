@@ -393,9 +393,11 @@ class DockyardDockerSpawner(DockerSpawner):
             return
         except NotFound:
             if self.pull_policy == "never":
-                raise SpawnFailed(
-                    f"Image {image} is not on the Docker engine; an admin can build or pull "
-                    "it on the Images page.") from None
+                # The person can act on this (choose another image), so it is a 400 with
+                # a message rather than a spawn failure the hub reports as a 500.
+                raise web.HTTPError(
+                    400, f"Image {image} is not on the Docker engine; choose another image, "
+                    "or ask an admin to build or load it on the Images page.") from None
         try:
             await super().pull_image(image)
         except APIError as exc:

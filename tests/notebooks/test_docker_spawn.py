@@ -230,8 +230,8 @@ def test_an_image_missing_from_the_engine_fails_with_a_reason(notebook_hub: Note
     notebook_hub.add_image("dockyard/test:absent", default_for_notebooks=True)
     try:
         response = notebook_hub.spawn("paul")
-        print(response.status_code, response.text)
-        assert False
+        assert response.status_code == 400, response.text
+        assert "is not on the Docker engine" in response.json()["message"]
     finally:
         notebook_hub.clear_images()
 
