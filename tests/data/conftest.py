@@ -4,17 +4,13 @@ client speaks real HTTP), a moto S3 server process, and a fresh PostgreSQL schem
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine
@@ -27,7 +23,7 @@ from hub.settings import Settings
 from hub.web import create_app
 from hub.web.auth import User
 from tests.conftest import USERS, TokenTable
-from tests.support.ports import free_ports
+from tests.support.moto import moto_server as run_moto_server
 from tests.support.requirements import require_postgres
 
 S3_BUCKET = "dockyard-data-tests"
@@ -103,29 +99,8 @@ def add_run(settings: Settings, owner: str) -> int:
 
 @pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    (port,) = free_ports(1)
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out, stderr=subprocess.STDOUT,
-        )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            requests.get(endpoint + "/moto-api/", timeout=1)
-            break
-        except requests.RequestException:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"moto server did not start:\n{log.read_text()}") from None
-            time.sleep(0.2)
-    try:
+    with run_moto_server(tmp_path_factory.mktemp("moto")) as endpoint:
         yield endpoint
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 @pytest.fixture

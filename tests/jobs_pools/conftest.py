@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ import requests
 
 from hub.settings import Settings
 from tests.jobs.conftest import catalog, runs_db  # noqa: F401  (fixtures reused here)
-from tests.support.ports import free_ports
+from tests.support.moto import moto_server as run_moto_server
 
 REGION = "us-east-1"
 
@@ -27,28 +25,8 @@ REGION = "us-east-1"
 # -- moto in server mode -----------------------------------------------------------------
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    (port,) = free_ports(1)
-    log = tmp_path_factory.mktemp("moto-ecs") / "moto.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            requests.get(endpoint + "/moto-api/", timeout=1)
-            break
-        except requests.RequestException:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"moto server did not start:\n{log.read_text()}") from None
-            time.sleep(0.2)
-    try:
+    with run_moto_server(tmp_path_factory.mktemp("moto-ecs")) as endpoint:
         yield endpoint
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 @pytest.fixture
