@@ -34,6 +34,7 @@ from docker.errors import APIError, NotFound
 from docker.types import Mount, Resources
 from docker.utils import kwargs_from_env
 from dockerspawner import DockerSpawner, SwarmSpawner
+from jupyterhub.spawner import SpawnException
 from tornado import web
 from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default, validate
 
@@ -78,8 +79,12 @@ def negotiated_api_version(timeout: int = 10) -> str:
         client.close()
 
 
-class SpawnFailed(Exception):
-    """The server cannot start; the message tells the user why (shown on the page)."""
+class SpawnFailed(SpawnException):
+    """The server cannot start; the message tells the user why (on the progress page and
+    in the API's answer, instead of JupyterHub's bare "Internal Server Error")."""
+
+    def __init__(self, message: str, *, reason: str, status_code: int = 500) -> None:
+        super().__init__(message, reason=reason, status_code=status_code)
 
 
 class DockyardDockerSpawner(DockerSpawner):
@@ -338,7 +343,7 @@ class DockyardDockerSpawner(DockerSpawner):
             if result.get("StatusCode") != 0:
                 logs = await self.docker("logs", container["Id"], tail=5)
                 raise SpawnFailed(f"Could not prepare volume {volume}: "
-                                  f"{logs.decode(errors='replace').strip()}")
+                                  f"{logs.decode(errors='replace').strip()}", reason="volume")
         finally:
             await self.docker("remove_container", container["Id"], force=True)
 
@@ -402,7 +407,8 @@ class DockyardDockerSpawner(DockerSpawner):
             await super().pull_image(image)
         except APIError as exc:
             raise SpawnFailed(f"Image {image} is not on the Docker engine and could not be "
-                              f"pulled: {exc.explanation or exc}") from None
+                              f"pulled: {exc.explanation or exc}", reason="image-missing",
+                              status_code=400) from None
 
     async def get_command(self) -> list[str]:
         info, self._image_info = self._image_info, None
@@ -449,7 +455,12 @@ class DockyardDockerSpawner(DockerSpawner):
                 if loop.time() >= next_check:
                     status = await self.poll()
                     if status is not None:
-                        raise SpawnFailed(await self.exit_report(status))
+                        report = await self.exit_report(status)
+                        # The hub does not stop a server that has already exited, so the
+                        # container (kept until now for its log) goes here.
+                        await self.remove_object()
+                        self.object_id = ""
+                        raise SpawnFailed(report, reason="exited")
                     elapsed = int(loop.time() - started)
                     self._note(60 + min(elapsed, 30),
                                f"Waiting for Jupyter to answer ({elapsed} s)")
@@ -574,13 +585,13 @@ class DockyardSwarmSpawner(DockyardDockerSpawner, SwarmSpawner):
         while True:
             task = await self.get_task()
             if not task:
-                raise SpawnFailed(f"Service {self.service_name} has no task.")
+                raise SpawnFailed(f"Service {self.service_name} has no task.", reason="swarm")
             state = task["Status"]["State"].lower()
             if state == "running":
                 return
             if state in ("failed", "rejected", "shutdown", "complete", "orphaned"):
                 raise SpawnFailed(f"Service {self.service_name} did not start: "
-                                  f"{task['Status'].get('Err') or state}")
+                                  f"{task['Status'].get('Err') or state}", reason="swarm")
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 1.0)
 

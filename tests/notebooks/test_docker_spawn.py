@@ -236,6 +236,23 @@ def test_an_image_missing_from_the_engine_fails_with_a_reason(notebook_hub: Note
         notebook_hub.clear_images()
 
 
+def test_a_server_that_exits_fails_at_once_with_its_log(notebook_hub: NotebookHub) -> None:
+    """No waiting out the start timeout: a container that stops is reported with why."""
+    notebook_hub.add_image("debian:bookworm-slim", description="not a notebook image")
+    try:
+        started = time.monotonic()
+        response = notebook_hub.spawn("quinn", {"image": "debian:bookworm-slim"})
+        assert response.status_code == 500, response.text
+        message = response.json()["message"]
+        assert "stopped before it answered" in message and "Last lines of its log" in message
+        assert time.monotonic() - started < 60  # far below DOCKYARD_NOTEBOOK_START_TIMEOUT
+        assert notebook_hub.server_model("quinn") is None
+        assert not notebook_hub.engine.containers.list(
+            all=True, filters={"name": f"{notebook_hub.prefix}-nb-quinn"})
+    finally:
+        notebook_hub.clear_images()
+
+
 def test_named_servers_run_side_by_side_up_to_the_limit(notebook_hub: NotebookHub) -> None:
     notebook_hub.start("ivan")
     notebook_hub.start("ivan", server="scratch")

@@ -1,7 +1,7 @@
 """The same notebook spawner on a single-node Docker Swarm (DOCKYARD_SPAWNER=swarm).
 
-The test makes the engine a swarm only if it is not one already, and undoes exactly
-what it did (leaving the swarm, removing the bridge network swarm mode adds).
+The swarm comes from tests/support/swarm.py: made only if the engine is not one already,
+undone exactly, and held under the lock every swarm test on this machine shares.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import requests
 
 from tests.notebooks.conftest import NotebookHub, remove_engine_objects, start_notebook_hub
 from tests.support.requirements import require_docker
+from tests.support.swarm import single_node_swarm
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -25,27 +26,19 @@ pytestmark = [pytest.mark.docker, pytest.mark.hub]
 def swarm_hub(tmp_path: Path) -> Iterator[NotebookHub]:
     require_docker()
     engine = docker.from_env(timeout=120)
-    had_gwbridge = bool(engine.networks.list(names=["docker_gwbridge"]))
-    joined_here = engine.info()["Swarm"]["LocalNodeState"] != "active"
-    if joined_here:
-        engine.swarm.init(advertise_addr="127.0.0.1")
     prefix = "dysw" + secrets.token_hex(3)
     notebooks = None
-    try:
-        notebooks = start_notebook_hub(tmp_path, prefix, DOCKYARD_SPAWNER="swarm")
-        yield notebooks
-    finally:
-        if notebooks is not None:
-            notebooks.hub.stop()
-        remove_engine_objects(engine, prefix)
-        for network in engine.networks.list(names=[f"{prefix}-notebooks"]):
-            _retry(network.remove)  # the service's task may take a moment to go
-        if joined_here:
-            engine.swarm.leave(force=True)
-            if not had_gwbridge:
-                for network in engine.networks.list(names=["docker_gwbridge"]):
-                    _retry(network.remove)
-        engine.close()
+    with single_node_swarm(engine):
+        try:
+            notebooks = start_notebook_hub(tmp_path, prefix, DOCKYARD_SPAWNER="swarm")
+            yield notebooks
+        finally:
+            if notebooks is not None:
+                notebooks.hub.stop()
+            remove_engine_objects(engine, prefix)
+            for network in engine.networks.list(names=[f"{prefix}-notebooks"]):
+                _retry(network.remove)  # the service's task may take a moment to go
+    engine.close()
 
 
 def _retry(action: object, attempts: int = 20) -> None:

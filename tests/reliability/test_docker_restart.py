@@ -31,6 +31,7 @@ from tests.conftest import USERS, TokenTable, auth
 from tests.jobs.conftest import RunsDb, add_images, log_file
 from tests.reliability.conftest import ThreadedWorker
 from tests.support.requirements import missing, require_image
+from tests.support.swarm import swarm_active, swarm_lock
 
 pytestmark = pytest.mark.docker
 
@@ -108,23 +109,28 @@ def engine_to_ourselves() -> Iterator[None]:
     if _dockerd_pid() is None or os.geteuid() != 0:
         missing("A dockerd this test may restart", "run as root with dockerd started as in "
                 ".ci/run (not under systemd).")
-    engine = docker.from_env(timeout=30)
-    others = [c.name for c in engine.containers.list()]
-    swarm = engine.info().get("Swarm", {}).get("LocalNodeState") == "active"
-    engine.close()
-    if others or swarm:
-        missing("A Docker engine to itself", f"containers are running ({', '.join(others[:5])})"
-                f"{' and swarm mode is on' if swarm else ''}; restarting the engine would "
-                "stop them.")
-    runs = other_test_runs()
-    if runs:
-        missing("A Docker engine to itself", f"other test runs are going on (pids {runs}) and "
-                "may start containers at any moment.")
-    try:
-        yield
-    finally:
-        if not _engine_answers(5):
-            start_dockerd()
+    # Holding the swarm tests' lock keeps them from turning swarm mode on or starting
+    # services meanwhile. A swarm with no services survives a restart untouched, so swarm
+    # mode being on (a machine's own, or one a killed test run left) is no reason to stop.
+    with swarm_lock():
+        engine = docker.from_env(timeout=30)
+        others = [c.name for c in engine.containers.list()]
+        services = ([s.name for s in engine.services.list()]
+                    if swarm_active(engine) else [])
+        engine.close()
+        if others or services:
+            missing("A Docker engine to itself", "containers or swarm services are running ("
+                    f"{', '.join((others + services)[:5])}); restarting the engine would "
+                    "stop them.")
+        runs = other_test_runs()
+        if runs:
+            missing("A Docker engine to itself", f"other test runs are going on (pids {runs})"
+                    " and may start containers at any moment.")
+        try:
+            yield
+        finally:
+            if not _engine_answers(5):
+                start_dockerd()
 
 
 @pytest.mark.timeout(400)

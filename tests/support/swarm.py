@@ -21,9 +21,16 @@ def swarm_active(engine: docker.DockerClient) -> bool:
 
 
 @contextmanager
-def single_node_swarm(engine: docker.DockerClient) -> Iterator[None]:
+def swarm_lock() -> Iterator[None]:
+    """Exclusive use of the engine's swarm mode among test processes on this machine."""
     with open(LOCK_FILE, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@contextmanager
+def single_node_swarm(engine: docker.DockerClient) -> Iterator[None]:
+    with swarm_lock():
         created = False
         if not swarm_active(engine):
             engine.swarm.init(advertise_addr="127.0.0.1")
