@@ -5,96 +5,49 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import docker
 import pytest
-from flask.testing import FlaskClient
 from sqlalchemy import update
 
-from hub.jobs.worker import Worker, build_spec
+from hub.jobs.worker import build_spec
 from hub.models import ImageStatus, Run, RunState
 from hub.settings import Settings
 from spawner.jobs.base import LABEL_NAMESPACE, LABEL_RUN_ID
 from spawner.jobs.docker import DockerJobBackend
 from tests.conftest import auth
-from tests.jobs.conftest import SHELL_IMAGE, RunsDb, add_images, log_file, unique_namespace
+from tests.jobs.conftest import (
+    ALICE,
+    FINAL,
+    SHELL_IMAGE,
+    UNREACHABLE_URL,
+    JobsHarness,
+    add_images,
+    log_file,
+    unique_namespace,
+)
 from tests.support.requirements import require_image
 
 pytestmark = pytest.mark.docker
 
-ALICE, BOB = auth("tok-alice"), auth("tok-bob")
-FINAL = (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT)
-UNREACHABLE_URL = "http://127.0.0.1:9/services/dockyard/"
+BOB = auth("tok-bob")
 
 
-class Harness:
-    """One installation's worth of jobs on the engine: the web app's client, the
-    database, a worker (in a thread, or as a separate process to kill)."""
+class Harness(JobsHarness):
+    """The jobs suite on the Docker engine; containers are found by the suite's labels."""
 
-    def __init__(self, settings: Settings, client: FlaskClient, tmp_path: Path) -> None:
-        self.namespace = unique_namespace("jt")
-        self.base = settings
-        self.client = client
-        self.tmp_path = tmp_path
-        self.db = RunsDb(settings.db_url)
+    run_defaults: ClassVar[dict[str, Any]] = {"memory_mb": 128, "cpu": 0.5}
+
+    def __init__(self, settings: Settings, tmp_path: Path) -> None:
+        super().__init__(settings, tmp_path, {
+            "job_backend": "docker", "job_namespace": unique_namespace("jt"),
+            "worker_name": "test-worker", "job_stop_grace_seconds": 2})
         self.docker = docker.from_env(timeout=60)
-        self.t0 = time.time() - 1
-        self.worker: Worker | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def settings(self, **overrides: Any) -> Settings:
-        values = dict(job_backend="docker", job_namespace=self.namespace,
-                      worker_name="test-worker", worker_poll_seconds=0.2,
-                      job_dockyard_url=UNREACHABLE_URL, job_stop_grace_seconds=2)
-        values.update(overrides)
-        return self.base.model_copy(update=values)
-
-    # -- the worker -----------------------------------------------------------------------
-    def start_worker(self, **overrides: Any) -> Worker:
-        self.worker = Worker(self.settings(**overrides))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self.worker.run, args=(self._stop,), daemon=True)
-        self._thread.start()
-        return self.worker
-
-    def stop_worker(self) -> None:
-        if self.worker is not None and self._thread is not None:
-            self._stop.set()
-            self.worker.wake.set()
-            self._thread.join(timeout=30)
-            self.worker.close()
-            self.worker = None
-
-    def start_worker_process(self) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
-        env.update(DOCKYARD_HOME=str(self.base.home), DOCKYARD_JOB_BACKEND="docker",
-                   DOCKYARD_JOB_NAMESPACE=self.namespace, DOCKYARD_WORKER_NAME="test-worker",
-                   DOCKYARD_WORKER_POLL_SECONDS="0.2", DOCKYARD_JOB_DOCKYARD_URL=UNREACHABLE_URL,
-                   DOCKYARD_LOG_LEVEL="DEBUG")
-        log = open(self.tmp_path / "worker.log", "ab")  # noqa: SIM115 - lives with the process
-        self.process = subprocess.Popen([sys.executable, "-m", "hub.cli", "worker"], env=env,
-                                        stdout=log, stderr=subprocess.STDOUT)
-        return self.process
-
-    # -- runs and containers ------------------------------------------------------------------
-    def submit(self, headers: dict[str, str] = ALICE, **fields: Any) -> int:
-        body = {"image": SHELL_IMAGE, "memory_mb": 128, "cpu": 0.5, **fields}
-        response = self.client.post("/api/v1/runs", json=body, headers=headers)
-        assert response.status_code == 201, response.json
-        return int(response.json["id"])
-
-    def wait(self, run_id: int, *states: RunState, timeout: float = 60) -> Run:
-        return self.db.wait_for(run_id, *(states or FINAL), timeout=timeout)
 
     def containers(self, run_id: int | None = None) -> list[Any]:
         labels = [f"{LABEL_NAMESPACE}={self.namespace}"]
@@ -120,29 +73,22 @@ class Harness:
                                f"{LABEL_RUN_ID}={run_id}"]})
         return sum(1 for _ in events)
 
-    def transitions(self, run_id: int) -> list[str]:
-        return [e.to_status for e in self.db.events(run_id) if e.from_status != e.to_status]
-
     def set_run(self, run_id: int, **values: Any) -> None:
         with self.db.sessions() as session:
             session.execute(update(Run).where(Run.id == run_id).values(**values))
             session.commit()
 
     def close(self) -> None:
-        self.stop_worker()
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        super().close()
         for container in self.containers():
             container.remove(force=True)
         self.docker.close()
-        self.db.close()
 
 
 @pytest.fixture
-def jobs(catalog: Settings, client: FlaskClient, tmp_path: Path) -> Iterator[Harness]:
+def jobs(catalog: Settings, tmp_path: Path) -> Iterator[Harness]:
     require_image(SHELL_IMAGE)
-    harness = Harness(catalog, client, tmp_path)
+    harness = Harness(catalog, tmp_path)
     yield harness
     harness.close()
 
@@ -163,7 +109,7 @@ def test_a_run_succeeds_hardened_with_its_identity_and_keeps_its_log(jobs: Harne
     assert not host.get("Privileged")
     # The one host path a job sees is the local data root, at /dockyard/data.
     mounts = [(m["Source"], m["Destination"]) for m in container.attrs["Mounts"]]
-    assert mounts == [(jobs.base.data_dir, "/dockyard/data")], mounts
+    assert mounts == [(jobs.settings.data_dir, "/dockyard/data")], mounts
     config = container.attrs["Config"]
     assert config["User"] == "1000:1000"
     assert config["Cmd"][:2] == ["/bin/sh", "-c"]
@@ -189,7 +135,7 @@ def test_a_run_succeeds_hardened_with_its_identity_and_keeps_its_log(jobs: Harne
     # stdout and stderr are kept apart by the engine; their interleaving is not promised.
     assert lines.count("err") == 1
     assert [line for line in lines if line != "err"] == ["out", "1000", f"run={run_id}", "done"]
-    assert log_file(jobs.base, run_id).read_text() == text
+    assert log_file(jobs.settings, run_id).read_text() == text
     assert jobs.creates(run_id) == 1
 
 
@@ -198,7 +144,7 @@ def test_failure_keeps_the_exit_code_and_the_output(jobs: Harness) -> None:
     run_id = jobs.submit(command=["sh", "-c", "echo boom >&2; exit 7"])
     run = jobs.wait(run_id)
     assert (run.status, run.exit_code, run.reason) == (RunState.FAILED, 7, "exit code 7")
-    assert "boom" in log_file(jobs.base, run_id).read_text()
+    assert "boom" in log_file(jobs.settings, run_id).read_text()
     assert jobs.removed(run_id)
 
 
@@ -263,20 +209,20 @@ def test_failed_runs_are_retried_as_new_attempts(jobs: Harness) -> None:
     assert len([r for r in jobs.db.runs() if r.retry_of_id == first]) == 2
     assert "automatic retry 1 of 2" in jobs.db.events(chain[1].id)[0].reason
     for attempt in chain:
-        assert f"try {attempt.attempt}" in log_file(jobs.base, attempt.id).read_text()
+        assert f"try {attempt.attempt}" in log_file(jobs.settings, attempt.id).read_text()
         assert jobs.creates(attempt.id) == 1
     tagged = jobs.client.get("/api/v1/runs?tag=flaky", headers=ALICE).json["runs"]
     assert len(tagged) == 3
 
 
 def test_an_image_missing_from_the_engine_fails_with_the_reason(jobs: Harness) -> None:
-    add_images(jobs.base.db_url, ("dockyard-jobs-test/not-built:1", True, ImageStatus.READY))
+    add_images(jobs.settings.db_url, ("dockyard-jobs-test/not-built:1", True, ImageStatus.READY))
     jobs.start_worker()
     run_id = jobs.submit(image="dockyard-jobs-test/not-built:1", command=["true"])
     run = jobs.wait(run_id)
     assert run.status == RunState.FAILED
     assert "could not start" in run.reason and "not on the Docker engine" in run.reason
-    assert "could not start" in log_file(jobs.base, run_id).read_text()
+    assert "could not start" in log_file(jobs.settings, run_id).read_text()
 
 
 def test_per_user_limit_queues_the_excess(jobs: Harness) -> None:
@@ -316,7 +262,7 @@ def test_kill_9_mid_run_then_restart_reconciles_without_double_start(jobs: Harne
     for run_id, word in ((quick, "quick-done"), (slow, "slow-done")):
         run = jobs.wait(run_id, timeout=60)
         assert run.status == RunState.SUCCEEDED, (run.status, run.reason)
-        assert word in log_file(jobs.base, run_id).read_text()
+        assert word in log_file(jobs.settings, run_id).read_text()
         assert jobs.transitions(run_id).count("RUNNING") == 1
         assert jobs.creates(run_id) == 1, "a run was started twice"
         assert jobs.removed(run_id)
@@ -324,7 +270,7 @@ def test_kill_9_mid_run_then_restart_reconciles_without_double_start(jobs: Harne
 
 def test_reconcile_adopts_restarts_fails_and_cleans_up(jobs: Harness) -> None:
     """The states a worker can leave behind when it dies at each step of a start."""
-    settings = jobs.settings()
+    settings = jobs.settings
     backend = DockerJobBackend(jobs.namespace, UNREACHABLE_URL)
     claimed = jobs.submit(command="echo claimed-then-crashed")
     created = jobs.submit(command="echo created-then-crashed")
@@ -368,5 +314,5 @@ def test_a_stopped_worker_leaves_jobs_running(jobs: Harness) -> None:
     jobs.start_worker()
     run = jobs.wait(run_id)
     assert run.status == RunState.SUCCEEDED and jobs.creates(run_id) == 1
-    assert "after-restart" in log_file(jobs.base, run_id).read_text()
+    assert "after-restart" in log_file(jobs.settings, run_id).read_text()
     assert (datetime.now() - started).total_seconds() < 30

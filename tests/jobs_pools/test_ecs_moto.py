@@ -13,24 +13,25 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
-from flask.testing import FlaskClient
 from sqlalchemy import update
 
-from hub.jobs.worker import Worker
 from hub.models import Run, RunState
 from hub.settings import Settings
-from hub.web import create_app
 from spawner.jobs.base import EngineState, JobSpec
 from spawner.jobs.ecs import EcsJobBackend, EcsOptions
-from tests.conftest import USERS, TokenTable, auth
-from tests.jobs.conftest import SHELL_IMAGE, RunsDb, eventually, log_file, unique_namespace
-from tests.jobs_pools.conftest import REGION, EcsCluster, pool_settings, set_task_transition
-
-ALICE = auth("tok-alice")
-FINAL = (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT)
+from tests.jobs.conftest import (
+    ALICE,
+    SHELL_IMAGE,
+    JobsHarness,
+    eventually,
+    log_file,
+    unique_namespace,
+)
+from tests.jobs_pools.conftest import REGION, EcsCluster, set_task_transition
 
 
 def options(cluster: EcsCluster, **changes: Any) -> EcsOptions:
@@ -147,58 +148,29 @@ class VanishingEcs:
         return answer
 
 
-class EcsHarness:
-    def __init__(self, settings: Settings, cluster: EcsCluster) -> None:
+class EcsHarness(JobsHarness):
+    """The jobs suite in an ECS pool (EC2 launch type) on moto's cluster."""
+
+    run_defaults: ClassVar[dict[str, Any]] = {"command": "echo hi", "memory_mb": 256,
+                                              "cpu": 0.25, "pool": "ecs-ec2"}
+
+    def __init__(self, settings: Settings, cluster: EcsCluster, tmp_path: Path) -> None:
+        super().__init__(settings, tmp_path, {
+            "job_pools": {"ecs-ec2": {"backend": "ecs", "cluster": cluster.name,
+                                      "launch_type": "EC2", "log_group": cluster.log_group,
+                                      "region": REGION, "poll_seconds": 0.2,
+                                      "description": "batch cluster on EC2"}},
+            "job_backend": "local", "job_namespace": unique_namespace("jpe"),
+            "worker_name": "ecs-worker", "job_stop_grace_seconds": 1})
         self.cluster = cluster
-        self.settings = pool_settings(
-            settings, {"ecs-ec2": {"backend": "ecs", "cluster": cluster.name,
-                                   "launch_type": "EC2", "log_group": cluster.log_group,
-                                   "region": REGION, "poll_seconds": 0.2,
-                                   "description": "batch cluster on EC2"}},
-            job_backend="local", job_namespace=unique_namespace("jpe"),
-            worker_name="ecs-worker", worker_poll_seconds=0.2, job_stop_grace_seconds=1,
-            job_dockyard_url="http://127.0.0.1:9/services/dockyard/")
-        app = create_app(self.settings, identity=TokenTable(USERS))
-        app.config["TESTING"] = True
-        self.client: FlaskClient = app.test_client()
-        self.db = RunsDb(self.settings.db_url)
-        self.worker: Worker | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start_worker(self) -> Worker:
-        self.worker = Worker(self.settings)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self.worker.run, args=(self._stop,), daemon=True)
-        self._thread.start()
-        return self.worker
-
-    def stop_worker(self) -> None:
-        if self.worker is not None and self._thread is not None:
-            self._stop.set()
-            self.worker.wake.set()
-            self._thread.join(30)
-            self.worker.close()
-            self.worker = None
-
-    def submit(self, **fields: Any) -> int:
-        body = {"image": SHELL_IMAGE, "command": "echo hi", "memory_mb": 256, "cpu": 0.25,
-                "pool": "ecs-ec2", **fields}
-        response = self.client.post("/api/v1/runs", json=body, headers=ALICE)
-        assert response.status_code == 201, response.json
-        return int(response.json["id"])
 
     def wait(self, run_id: int, *states: RunState, timeout: float = 30) -> Run:
-        return self.db.wait_for(run_id, *(states or FINAL), timeout=timeout)
-
-    def close(self) -> None:
-        self.stop_worker()
-        self.db.close()
+        return super().wait(run_id, *states, timeout=timeout)
 
 
 @pytest.fixture
-def ecs(catalog: Settings, ecs_cluster: EcsCluster) -> Iterator[EcsHarness]:
-    harness = EcsHarness(catalog, ecs_cluster)
+def ecs(catalog: Settings, ecs_cluster: EcsCluster, tmp_path: Path) -> Iterator[EcsHarness]:
+    harness = EcsHarness(catalog, ecs_cluster, tmp_path)
     yield harness
     harness.close()
 

@@ -5,38 +5,35 @@ with the scheduler's reason instead of failing silently."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import docker
 import pytest
-from flask.testing import FlaskClient
 
-from hub.jobs.worker import Worker
-from hub.models import Run, RunState
+from hub.models import RunState
 from hub.settings import Settings
-from hub.web import create_app
 from spawner.jobs.base import LABEL_NAMESPACE, LABEL_RUN_ID
 from spawner.jobs.swarm import service_name
-from tests.conftest import USERS, TokenTable, auth
-from tests.jobs.conftest import SHELL_IMAGE, RunsDb, eventually, log_file, unique_namespace
-from tests.jobs_pools.conftest import pool_settings
+from tests.jobs.conftest import (
+    ALICE,
+    FINAL,
+    SHELL_IMAGE,
+    UNREACHABLE_URL,
+    JobsHarness,
+    eventually,
+    log_file,
+    unique_namespace,
+)
 from tests.support.requirements import require_docker, require_image
 from tests.support.swarm import single_node_swarm
 
 pytestmark = pytest.mark.docker
 
-ALICE = auth("tok-alice")
-FINAL = (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT)
-UNREACHABLE_URL = "http://127.0.0.1:9/services/dockyard/"
 SWARM_POOL = {"backend": "swarm", "poll_seconds": 0.5, "description": "the team swarm"}
 
 
@@ -50,60 +47,17 @@ def swarm() -> Iterator[docker.DockerClient]:
     engine.close()
 
 
-class SwarmHarness:
+class SwarmHarness(JobsHarness):
+    """The jobs suite in a Swarm pool; services are found by the suite's labels."""
+
+    run_defaults: ClassVar[dict[str, Any]] = {"memory_mb": 64, "cpu": 0.25, "pool": "swarm"}
+
     def __init__(self, settings: Settings, engine: docker.DockerClient, tmp_path: Path) -> None:
+        super().__init__(settings, tmp_path, {
+            "job_pools": {"swarm": SWARM_POOL}, "job_backend": "local",
+            "job_namespace": unique_namespace("jps"), "worker_name": "swarm-worker",
+            "job_stop_grace_seconds": 2})
         self.engine = engine
-        self.tmp_path = tmp_path
-        self.namespace = unique_namespace("jps")
-        self.settings = pool_settings(
-            settings, {"swarm": SWARM_POOL}, job_backend="local",
-            job_namespace=self.namespace, worker_name="swarm-worker", worker_poll_seconds=0.2,
-            job_stop_grace_seconds=2, job_dockyard_url=UNREACHABLE_URL)
-        app = create_app(self.settings, identity=TokenTable(USERS))
-        app.config["TESTING"] = True
-        self.client: FlaskClient = app.test_client()
-        self.db = RunsDb(self.settings.db_url)
-        self.t0 = time.time() - 1
-        self.worker: Worker | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start_worker(self) -> Worker:
-        self.worker = Worker(self.settings)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self.worker.run, args=(self._stop,), daemon=True)
-        self._thread.start()
-        return self.worker
-
-    def stop_worker(self) -> None:
-        if self.worker is not None and self._thread is not None:
-            self._stop.set()
-            self.worker.wake.set()
-            self._thread.join(60)
-            self.worker.close()
-            self.worker = None
-
-    def start_worker_process(self) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
-        env.update(DOCKYARD_HOME=str(self.settings.home), DOCKYARD_JOB_BACKEND="local",
-                   DOCKYARD_JOB_POOLS=json.dumps({"swarm": SWARM_POOL}),
-                   DOCKYARD_JOB_NAMESPACE=self.namespace, DOCKYARD_WORKER_NAME="swarm-worker",
-                   DOCKYARD_WORKER_POLL_SECONDS="0.2", DOCKYARD_JOB_STOP_GRACE_SECONDS="2",
-                   DOCKYARD_JOB_DOCKYARD_URL=UNREACHABLE_URL, DOCKYARD_LOG_LEVEL="DEBUG")
-        log = open(self.tmp_path / "worker.log", "ab")  # noqa: SIM115 - lives with the process
-        self.process = subprocess.Popen([sys.executable, "-m", "hub.cli", "worker"], env=env,
-                                        stdout=log, stderr=subprocess.STDOUT)
-        return self.process
-
-    def submit(self, **fields: Any) -> int:
-        body = {"image": SHELL_IMAGE, "memory_mb": 64, "cpu": 0.25, "pool": "swarm", **fields}
-        response = self.client.post("/api/v1/runs", json=body, headers=ALICE)
-        assert response.status_code == 201, response.json
-        return int(response.json["id"])
-
-    def wait(self, run_id: int, *states: RunState, timeout: float = 60) -> Run:
-        return self.db.wait_for(run_id, *(states or FINAL), timeout=timeout)
 
     def services(self, run_id: int | None = None) -> list[dict[str, Any]]:
         labels = [f"{LABEL_NAMESPACE}={self.namespace}"]
@@ -129,17 +83,10 @@ class SwarmHarness:
         return sum(1 for event in events
                    if (event.get("Actor") or {}).get("Attributes", {}).get("name") == name)
 
-    def transitions(self, run_id: int) -> list[str]:
-        return [e.to_status for e in self.db.events(run_id) if e.from_status != e.to_status]
-
     def close(self) -> None:
-        self.stop_worker()
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        super().close()
         for service in self.services():
             self.engine.api.remove_service(service["ID"])
-        self.db.close()
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Tools for the fault tests: a TCP proxy that can cut a database off (so a fault hits
-only this test's Dockyard, never the machine's PostgreSQL), a worker in a thread, and
-the data package's fixtures (a live web app for the real data client)."""
+only this test's Dockyard, never the machine's PostgreSQL), and the data package's
+fixtures (a live web app for the real data client)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
-from hub.jobs.worker import Worker
 from hub.migrate import upgrade
-from hub.settings import Settings
 from tests.data.conftest import connect, data_app, live_url, tokens  # noqa: F401
 from tests.support.requirements import require_postgres
 
@@ -132,23 +129,3 @@ def postgres_via_proxy() -> Iterator[tuple[str, PausableProxy]]:
         with admin.begin() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
         admin.dispose()
-
-
-class ThreadedWorker:
-    """The real worker loop in a thread of the test process."""
-
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
-        self.worker = Worker(settings, **kwargs)
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self.worker.run, args=(self.stop_event,),
-                                       daemon=True)
-
-    def __enter__(self) -> ThreadedWorker:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop_event.set()
-        self.worker.wake.set()
-        self.thread.join(timeout=30)
-        self.worker.close()

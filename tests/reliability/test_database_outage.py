@@ -18,8 +18,8 @@ from hub.models import ImageStatus, RunState
 from hub.settings import Settings
 from hub.web import create_app
 from tests.conftest import USERS, TokenTable, auth
-from tests.jobs.conftest import RunsDb, add_images, log_file
-from tests.reliability.conftest import PausableProxy, ThreadedWorker
+from tests.jobs.conftest import RunsDb, ThreadedWorker, add_images, log_file
+from tests.reliability.conftest import PausableProxy
 
 pytestmark = pytest.mark.postgres
 

@@ -28,8 +28,7 @@ from hub.settings import Settings
 from hub.web import create_app
 from spawner.jobs.base import LABEL_NAMESPACE
 from tests.conftest import USERS, TokenTable, auth
-from tests.jobs.conftest import RunsDb, add_images, log_file
-from tests.reliability.conftest import ThreadedWorker
+from tests.jobs.conftest import RunsDb, ThreadedWorker, add_images, log_file
 from tests.support.requirements import missing, require_image
 from tests.support.swarm import swarm_active, swarm_lock
 
