@@ -203,6 +203,21 @@ class JobsHarness:
     def transitions(self, run_id: int) -> list[str]:
         return [e.to_status for e in self.db.events(run_id) if e.from_status != e.to_status]
 
+    def engine_objects(self, run_id: int) -> list[Any]:
+        """What the backend made for the run (containers, services); backends with a
+        look-up of their own define it."""
+        raise NotImplementedError
+
+    def removed(self, run_id: int, timeout: float = 20) -> bool:
+        """The run's container or service goes right after the outcome and the log are
+        kept."""
+        deadline = time.monotonic() + timeout
+        while self.engine_objects(run_id):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
     def close(self) -> None:
         self.stop_worker()
         if self.process is not None and self.process.poll() is None:

@@ -65,14 +65,7 @@ class SwarmHarness(JobsHarness):
             labels.append(f"{LABEL_RUN_ID}={run_id}")
         return self.engine.api.services(filters={"label": labels})
 
-    def removed(self, run_id: int, timeout: float = 20) -> bool:
-        """The service goes once the outcome and the log are kept."""
-        deadline = time.monotonic() + timeout
-        while self.services(run_id):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.2)
-        return True
+    engine_objects = services  # removed() waits for a run's service to go
 
     def creates(self, run_id: int) -> int:
         """How many services were ever created for this run (the manager's events)."""
