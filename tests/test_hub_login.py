@@ -3,6 +3,9 @@ into the Dockyard pages, and API authentication with JupyterHub tokens."""
 
 from __future__ import annotations
 
+import http.client
+import time
+
 import requests
 
 from tests.support.hubproc import RunningHub
@@ -101,3 +104,25 @@ def test_signup_needs_admin_approval(running_hub: RunningHub) -> None:
     assert 'id="signup-dave"' in page.text
     running_hub.approve("dave")
     running_hub.login("dave", "dave-pass-2024!")  # raises if login fails
+
+
+def test_the_web_service_keeps_idle_connections_longer_than_the_proxy(
+        running_hub: RunningHub) -> None:
+    """The proxy reuses idle connections to the web service; had the service closed one
+    first (gunicorn's default: after 2 s), the next request sent on it would fail and the
+    user would see a 503. Node's agent drops idle sockets after 5 s, so 6 s idle must not
+    break the connection."""
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", int(running_hub.env["DOCKYARD_WEB_PORT"]), timeout=10)
+    try:
+        sockets = []
+        for pause in (0, 6):
+            time.sleep(pause)
+            connection.request("GET", "/services/dockyard/health")
+            response = connection.getresponse()  # RemoteDisconnected had we closed it
+            assert response.status == 200
+            response.read()
+            sockets.append(connection.sock)
+        assert sockets[0] is not None and sockets[1] is sockets[0], "not kept open"
+    finally:
+        connection.close()
