@@ -24,6 +24,7 @@ from hub.db import make_engine, make_session_factory, transaction
 from hub.models import Image, ImageStatus
 from tests.support.hubproc import RunningHub, start_hub
 from tests.support.requirements import require_image
+from tests.support.swarm import swarm_active
 
 TEST_IMAGE = "dockyard/test:latest"
 # Small profiles: the limits are checked on the container, nothing needs the memory.
@@ -126,14 +127,10 @@ def remove_engine_objects(engine: docker.DockerClient, prefix: str) -> None:
     ours = {"label": f"dockyard.prefix={prefix}"}
     for container in engine.containers.list(all=True, filters=ours):
         container.remove(force=True)
-    for service in engine.services.list(filters=ours) if _swarm_active(engine) else []:
+    for service in engine.services.list(filters=ours) if swarm_active(engine) else []:
         service.remove()
     for volume in engine.volumes.list(filters=ours):
         volume.remove(force=True)
-
-
-def _swarm_active(engine: docker.DockerClient) -> bool:
-    return engine.info().get("Swarm", {}).get("LocalNodeState") == "active"
 
 
 def start_notebook_hub(home: Path, prefix: str, **env: str) -> NotebookHub:
