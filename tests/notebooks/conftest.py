@@ -11,6 +11,7 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,31 +134,38 @@ def remove_engine_objects(engine: docker.DockerClient, prefix: str) -> None:
         volume.remove(force=True)
 
 
-def start_notebook_hub(home: Path, prefix: str, **env: str) -> NotebookHub:
+@contextmanager
+def running_notebook_hub(home: Path, prefix: str, **env: str) -> Iterator[NotebookHub]:
+    """A Dockyard with Docker notebooks (``DOCKYARD_SPAWNER`` may say swarm) whose engine
+    objects carry ``prefix``; afterwards it is stopped and every container, service and
+    volume it made is removed. Tests' prefixes are dy<suite><6 hex>, which .ci/run
+    recognises when it clears what an interrupted run left behind."""
     require_image(TEST_IMAGE)
     engine = docker.from_env(timeout=120)
-    hub = start_hub(
-        home,
-        DOCKYARD_SPAWNER=env.pop("DOCKYARD_SPAWNER", "docker"),
-        DOCKYARD_NOTEBOOK_IMAGE=TEST_IMAGE,
-        DOCKYARD_DOCKER_NAME_PREFIX=prefix,
-        DOCKYARD_NOTEBOOK_PROFILES=json.dumps(PROFILES),
-        **env,
-    )
-    notebooks = NotebookHub(hub, prefix, engine)
-    notebooks.admin_token = hub.hub_token(hub.login(), hub.admin)
-    return notebooks
+    hub = None
+    try:
+        hub = start_hub(
+            home,
+            DOCKYARD_SPAWNER=env.pop("DOCKYARD_SPAWNER", "docker"),
+            DOCKYARD_NOTEBOOK_IMAGE=TEST_IMAGE,
+            DOCKYARD_DOCKER_NAME_PREFIX=prefix,
+            DOCKYARD_NOTEBOOK_PROFILES=json.dumps(PROFILES),
+            **env,
+        )
+        notebooks = NotebookHub(hub, prefix, engine)
+        notebooks.admin_token = hub.hub_token(hub.login(), hub.admin)
+        yield notebooks
+    finally:
+        if hub is not None:
+            hub.stop()
+        remove_engine_objects(engine, prefix)
+        engine.close()
 
 
 @pytest.fixture(scope="package")
 def notebook_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NotebookHub]:
     """One Dockyard with Docker notebooks for this package's tests."""
-    prefix = "dynb" + secrets.token_hex(3)
-    notebooks = start_notebook_hub(tmp_path_factory.mktemp("notebooks"), prefix,
-                                   DOCKYARD_NAMED_SERVERS="1")
-    try:
+    with running_notebook_hub(tmp_path_factory.mktemp("notebooks"),
+                              "dynb" + secrets.token_hex(3),
+                              DOCKYARD_NAMED_SERVERS="1") as notebooks:
         yield notebooks
-    finally:
-        notebooks.hub.stop()
-        remove_engine_objects(notebooks.engine, prefix)
-        notebooks.engine.close()

@@ -15,7 +15,7 @@ import docker
 import pytest
 import requests
 
-from tests.notebooks.conftest import NotebookHub, remove_engine_objects, start_notebook_hub
+from tests.notebooks.conftest import NotebookHub, running_notebook_hub
 from tests.support.requirements import require_docker
 from tests.support.swarm import single_node_swarm
 
@@ -27,17 +27,11 @@ def swarm_hub(tmp_path: Path) -> Iterator[NotebookHub]:
     require_docker()
     engine = docker.from_env(timeout=120)
     prefix = "dysw" + secrets.token_hex(3)
-    notebooks = None
     with single_node_swarm(engine):
-        try:
-            notebooks = start_notebook_hub(tmp_path, prefix, DOCKYARD_SPAWNER="swarm")
+        with running_notebook_hub(tmp_path, prefix, DOCKYARD_SPAWNER="swarm") as notebooks:
             yield notebooks
-        finally:
-            if notebooks is not None:
-                notebooks.hub.stop()
-            remove_engine_objects(engine, prefix)
-            for network in engine.networks.list(names=[f"{prefix}-notebooks"]):
-                _retry(network.remove)  # the service's task may take a moment to go
+        for network in engine.networks.list(names=[f"{prefix}-notebooks"]):
+            _retry(network.remove)  # the service's task may take a moment to go
     engine.close()
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.notebooks.conftest import NotebookHub, remove_engine_objects, start_notebook_hub
+from tests.notebooks.conftest import NotebookHub, running_notebook_hub
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -22,15 +22,10 @@ SERVERS = 10
 
 @pytest.fixture
 def notebooks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NotebookHub]:
-    prefix = "dyrel" + secrets.token_hex(3)
-    hub = start_notebook_hub(tmp_path_factory.mktemp("hub-restart"), prefix,
-                             DOCKYARD_NAMED_SERVERS="0")
-    try:
-        yield hub
-    finally:
-        hub.hub.stop()
-        remove_engine_objects(hub.engine, prefix)
-        hub.engine.close()
+    with running_notebook_hub(tmp_path_factory.mktemp("hub-restart"),
+                              "dyrel" + secrets.token_hex(3),
+                              DOCKYARD_NAMED_SERVERS="0") as notebooks:
+        yield notebooks
 
 
 def _answers(hub: NotebookHub, name: str) -> bool:

@@ -148,17 +148,12 @@ def _forks(text: str) -> tuple[int, str]:
 # -- notebooks ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def notebooks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from tests.notebooks.conftest import remove_engine_objects, start_notebook_hub
+    from tests.notebooks.conftest import running_notebook_hub
 
-    prefix = "dysec" + secrets.token_hex(3)
-    hub = start_notebook_hub(tmp_path_factory.mktemp("security-notebooks"), prefix,
-                             DOCKYARD_NAMED_SERVERS="0")
-    try:
-        yield hub
-    finally:
-        hub.hub.stop()
-        remove_engine_objects(hub.engine, prefix)
-        hub.engine.close()
+    with running_notebook_hub(tmp_path_factory.mktemp("security-notebooks"),
+                              "dysec" + secrets.token_hex(3),
+                              DOCKYARD_NAMED_SERVERS="0") as notebooks:
+        yield notebooks
 
 
 @pytest.mark.hub
