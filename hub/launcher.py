@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -14,8 +13,11 @@ from pathlib import Path
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from hub.choices import choose_runtime
+from hub.choices import RuntimeChoice, choose_runtime
+from hub.installation import INSTALLATION_FILE, ensure_installation
+from hub.processes import supervise
 from hub.settings import ENV_PREFIX, Settings, SettingsError
+from spawner.environment import LOOPBACK, container_gateway, web_bind_address
 
 REPO = Path(__file__).resolve().parent.parent
 HUB_CONFIG = REPO / "config" / "jupyterhub_config.py"
@@ -51,16 +53,43 @@ def migrate_or_explain(settings: Settings) -> None:
         ) from None
 
 
-def check_port_free(settings: Settings) -> None:
+def check_port_free(ip: str, port: int, setting: str, hint: str = "") -> None:
+    """Fail in one line, naming the setting, when ``ip:port`` cannot be listened on."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((settings.ip, settings.port))
+            sock.bind((ip, port))
         except OSError as exc:
             raise SettingsError(
-                f"{ENV_PREFIX}PORT: {settings.ip}:{settings.port} is not available "
-                f"({exc.strerror}); stop what uses it or choose another port"
+                f"{ENV_PREFIX}{setting}: {ip}:{port} is not available ({exc.strerror}); "
+                f"stop what uses it or choose another port{hint}"
             ) from None
+
+
+def check_ports_free(settings: Settings, runtime: RuntimeChoice) -> None:
+    """Every port this installation listens on, at the address it listens on."""
+    check_port_free(settings.ip, settings.port, "PORT")
+    kept = f" (this installation keeps its ports in {settings.home / INSTALLATION_FILE})"
+    containers = runtime.spawner in ("docker", "swarm")
+    hub_ip = container_gateway(settings) if containers else LOOPBACK
+    check_port_free(hub_ip, settings.hub_port, "HUB_PORT", kept)
+    check_port_free(LOOPBACK, settings.proxy_api_port, "PROXY_API_PORT", kept)
+    web_ip = web_bind_address(settings, runtime.spawner, runtime.job_backend)
+    check_port_free(web_ip, settings.web_port, "WEB_PORT", kept)
+
+
+def with_installation_values(settings: Settings) -> Settings:
+    """The settings once this installation's own ports and name prefix are chosen (on its
+    first start) and read back; explicit settings keep their values."""
+    try:
+        values = ensure_installation(settings.home)
+    except OSError as exc:
+        raise SettingsError(
+            f"{ENV_PREFIX}HOME: cannot keep this installation's ports and names in "
+            f"'{settings.home / INSTALLATION_FILE}' ({exc}); check the directory"
+        ) from None
+    chosen = {k: v for k, v in values.items() if k not in settings.model_fields_set}
+    return settings.model_copy(update=chosen)
 
 
 def secret_file(path: Path, nbytes: int = 32) -> str:
@@ -74,9 +103,10 @@ def secret_file(path: Path, nbytes: int = 32) -> str:
 
 def run_up(settings: Settings) -> int:
     prepare_home(settings)
-    check_port_free(settings)
+    settings = with_installation_values(settings)
     migrate_or_explain(settings)
     runtime = choose_runtime(settings)
+    check_ports_free(settings, runtime)
 
     env = dict(os.environ)
     env[f"{ENV_PREFIX}HOME"] = str(settings.home)
@@ -103,21 +133,12 @@ def run_up(settings: Settings) -> int:
     click.echo("  Press Ctrl-C to stop.", nl=True)
     sys.stdout.flush()
 
+    # The hub gets a session of its own, so that a Ctrl-C in the terminal reaches only us:
+    # we stop the hub and its services together, once, and within STOP_SECONDS.
     hub = subprocess.Popen(
         [sys.executable, "-m", "jupyterhub", "-f", str(HUB_CONFIG)],
         cwd=settings.home,
         env=env,
+        start_new_session=True,
     )
-
-    def _forward(signum: int, _frame: object) -> None:
-        if hub.poll() is None:
-            hub.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, _forward)
-    signal.signal(signal.SIGINT, _forward)
-    try:
-        return hub.wait()
-    finally:
-        if hub.poll() is None:
-            hub.terminate()
-            hub.wait(timeout=30)
+    return supervise(hub, proxy_pid_file=settings.home / "jupyterhub-proxy.pid")

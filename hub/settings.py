@@ -13,7 +13,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,6 +31,7 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from hub.installation import read_installation
 from hub.jobs.pools import JobPoolConfig, parse_pools
 
 ENV_PREFIX = "DOCKYARD_"
@@ -71,12 +80,20 @@ class Settings(BaseSettings):
     port: int = Field(
         8000, ge=1, le=65535, description="Port of the public proxy (the URL users open)."
     )
-    hub_port: int = Field(8081, ge=1, le=65535, description="Port of the hub's internal API.")
+    hub_port: int = Field(
+        8081, ge=1, le=65535,
+        description="Port of the hub's internal API. Default: a free port chosen on the first "
+        "`dockyard up` and kept in HOME/installation.json (8081 for homes made before that).",
+    )
     proxy_api_port: int = Field(
-        8001, ge=1, le=65535, description="Port of the proxy's own API (loopback only)."
+        8001, ge=1, le=65535,
+        description="Port of the proxy's own API (loopback only). Default: chosen and kept "
+        "like DOCKYARD_HUB_PORT (8001 for homes made before that).",
     )
     web_port: int = Field(
-        10101, ge=1, le=65535, description="Port of the Dockyard web service behind the proxy."
+        10101, ge=1, le=65535,
+        description="Port of the Dockyard web service behind the proxy. Default: chosen and "
+        "kept like DOCKYARD_HUB_PORT (10101 for homes made before that).",
     )
     public_url: str = Field(
         "",
@@ -153,7 +170,9 @@ class Settings(BaseSettings):
     docker_name_prefix: str = Field(
         "dockyard", pattern=r"^[a-z][a-z0-9-]{0,23}$",
         description="Prefix of the notebook containers, volumes and networks Dockyard "
-        "creates, so that two installations can share one Docker engine.",
+        "creates, so that two installations can share one Docker engine. Default: made once "
+        "per installation on the first `dockyard up` (dy + 6 hex digits) and kept in "
+        "HOME/installation.json; `dockyard` for homes made before that.",
     )
     notebook_start_timeout: int = Field(
         300, ge=30,
@@ -329,6 +348,14 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _installation_values(self) -> Settings:
+        # Values chosen for this installation on its first start; explicit settings win.
+        for name, value in read_installation(self.home).items():
+            if name not in self.model_fields_set:
+                setattr(self, name, value)
+        return self
 
     @field_validator("notebook_profiles", mode="after")
     @classmethod

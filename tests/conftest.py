@@ -81,3 +81,62 @@ def running_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub
     hub = start_hub(tmp_path_factory.mktemp("dockyard-home"))
     yield hub
     hub.stop()
+
+
+# -- nothing outlives the suite -----------------------------------------------------------
+_engine_at_start: object = None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _engine_at_start
+    from tests.support.leftovers import become_subreaper, engine_snapshot
+
+    become_subreaper()
+    engine = _engine_or_none()
+    if engine is not None:
+        _engine_at_start = engine_snapshot(engine)
+        engine.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when a process or an engine object that a test started is still there:
+    every fixture must stop what it started, whatever the outcome."""
+    from tests.support.leftovers import (
+        describe,
+        living_descendants,
+        new_engine_objects,
+        other_test_runs,
+    )
+
+    leftovers = [describe(process) for process in living_descendants()]
+    engine = _engine_or_none() if _engine_at_start is not None else None
+    others = other_test_runs()
+    if engine is not None and others:
+        # What appeared on the shared engine may be theirs: only our processes are checked.
+        print(f"\nEngine objects not checked for leftovers: {len(others)} other test run(s) "
+              "share this Docker engine.")
+    elif engine is not None:
+        leftovers += new_engine_objects(engine, _engine_at_start)  # type: ignore[arg-type]
+        engine.close()
+    if not leftovers:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = ["The suite left these running (a fixture did not stop what it started):",
+             *(f"  {line}" for line in leftovers)]
+    for line in lines:
+        if reporter is not None:
+            reporter.write_line(line, red=True)
+        else:
+            print(line)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _engine_or_none():  # noqa: ANN202 - docker is imported lazily
+    try:
+        import docker
+
+        engine = docker.from_env(timeout=10)
+        engine.ping()
+        return engine
+    except Exception:
+        return None

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.hubproc import hub_environment
+from tests.support.hubproc import hub_environment, running_up
 
 
 def dockyard(
@@ -45,6 +42,8 @@ def test_db_upgrade_creates_the_database(tmp_path: Path) -> None:
     ("overrides", "named"),
     [
         ({"DOCKYARD_PORT": "70000"}, "DOCKYARD_PORT"),
+        # A file where the home should be: even root cannot make a directory under it.
+        ({"DOCKYARD_HOME": "/etc/hostname/dockyard"}, "DOCKYARD_HOME"),
         ({"DOCKYARD_DATABASE_URL": "oracle://scott@tiger/db"}, "DOCKYARD_DATABASE_URL"),
         (
             {"DOCKYARD_DATABASE_URL": "postgresql+psycopg://nobody:x@127.0.0.1:1/none"},
@@ -81,28 +80,9 @@ def test_up_without_docker_falls_back_to_local_processes_and_says_so(tmp_path: P
     env = hub_environment(tmp_path, DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock")
     env.pop("DOCKYARD_SPAWNER")
     env.pop("DOCKYARD_JOB_BACKEND")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "hub.cli", "up"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    seen: list[str] = []
-    try:
-        deadline = time.monotonic() + 60
-        assert process.stdout is not None
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            if "Press Ctrl-C" in line:
-                break
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=30)
+    with running_up(env, tmp_path / "up.log") as up:
+        up.wait_for_line("Press Ctrl-C")
+        seen = up.output().splitlines(keepends=True)
     output = "".join(seen)
     assert "Notebooks: local processes" in output
     assert "Jobs: local processes" in output

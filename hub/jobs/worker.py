@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.engine import make_url
@@ -59,6 +59,9 @@ from spawner.jobs.base import (
     command_argv,
 )
 from spawner.jobs.pools import JobPool, JobPools
+
+if TYPE_CHECKING:
+    from hub.images.service import ImageWorkRunner
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +132,22 @@ class LogFollower(threading.Thread):
             self.on_end(self.run_id)
 
 
+class WorkerDuty(Protocol):
+    """Other work the worker process does between its runs (the image catalog's builds)."""
+
+    def __call__(self, worker: Worker) -> object:
+        """One turn, every DUTY_SECONDS: start or look after work, without blocking."""
+        ...
+
+    def reconcile(self, worker: Worker) -> None:
+        """Once at start, before the first turn: settle what the last stop cut short."""
+        ...
+
+
 class Worker:
     def __init__(self, settings: Settings, *, backend: JobBackend | None = None,
                  pools: JobPools | None = None, name: str | None = None,
-                 duties: Sequence[Callable[[Worker], object]] = ()) -> None:
+                 duties: Sequence[WorkerDuty] = ()) -> None:
         self.settings = settings
         self.name = name or settings.worker_name or socket.gethostname()
         self.actor = f"worker:{self.name}"
@@ -239,8 +254,10 @@ class Worker:
                     return
             time.sleep(0.05)
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=False)
+    def close(self, *, wait: bool = True) -> None:
+        # On a stop (Ctrl-C) work in flight is not waited for: the database says where each
+        # run is, and reconcile at the next start takes up whatever was cut short.
+        self.pool.shutdown(wait=wait, cancel_futures=not wait)
         self.pools.close()
         self.engine.dispose()
 
@@ -575,7 +592,8 @@ class Worker:
 
     # -- after a restart ---------------------------------------------------------------------
     def reconcile(self) -> None:
-        """Compare this worker's unfinished runs with the jobs on every pool's engine."""
+        """Compare this worker's unfinished runs with the jobs on every pool's engine, and
+        let each duty settle what the last stop cut short."""
         failed: list[str] = []
         for pool in self.pools:
             try:
@@ -584,6 +602,8 @@ class Worker:
                 log.warning("Reconcile: pool %s is not reachable: %s", pool.name, exc)
                 failed.append(pool.name)
         self._fail_runs_of_removed_pools()
+        for duty in self.duties:
+            duty.reconcile(self)
         if failed:
             raise RuntimeError(f"pools not reconciled: {', '.join(failed)}")
 
@@ -664,16 +684,31 @@ class Worker:
                 log.warning("Could not remove the leftover job of run %s: %s", run_id, exc)
 
 
-def image_duty(settings: Settings) -> Callable[[Worker], object]:
+class ImageDuty:
     """The image catalog's builds and inspections, queued by admins, run by the worker."""
-    from hub.images.service import ImageWorkRunner
 
-    runner = ImageWorkRunner()
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._runner: ImageWorkRunner | None = None
 
-    def build_images(worker: Worker) -> object:
-        return runner.tick(worker.reads, settings)
+    def runner(self, worker: Worker) -> ImageWorkRunner:
+        if self._runner is None:
+            from hub.images.service import ImageWorkRunner
 
-    return build_images
+            # The worker's identity goes on its inspection containers, so that its next
+            # start knows which of them it left (and another installation's stay).
+            self._runner = ImageWorkRunner(namespace=worker.namespace, worker_name=worker.name)
+        return self._runner
+
+    def reconcile(self, worker: Worker) -> None:
+        self.runner(worker).reconcile(worker.reads, self.settings)
+
+    def __call__(self, worker: Worker) -> object:
+        return self.runner(worker).tick(worker.reads, self.settings)
+
+
+def image_duty(settings: Settings) -> ImageDuty:
+    return ImageDuty(settings)
 
 
 def run_worker(settings: Settings, *, once: bool = False) -> None:
@@ -691,7 +726,12 @@ def run_worker(settings: Settings, *, once: bool = False) -> None:
     log.info("Worker %s started: pools %s, namespace %s, at most %d runs (%d per user)",
              worker.name, worker.pools.describe(), worker.namespace,
              settings.max_concurrent_runs, settings.max_runs_per_user)
+    # Here rather than in `dockyard up`: the worker runs in every installation (compose
+    # too), has the Docker socket there, and is what inspects the images it registers.
+    from hub.images.curated import seed_at_start
+
     try:
+        seed_at_start(worker.writes, settings, [pool.backend.name for pool in worker.pools])
         if once:
             worker.reconcile()
             worker.drain()
@@ -701,5 +741,5 @@ def run_worker(settings: Settings, *, once: bool = False) -> None:
             worker.run(stop)
     finally:
         health.stop()
-        worker.close()
+        worker.close(wait=once)
     log.info("Worker stopped")

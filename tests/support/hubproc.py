@@ -9,12 +9,33 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlencode
 
+import psutil
 import requests
 
 from tests.support.ports import free_ports
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def kill_all(processes: list[psutil.Process]) -> None:
+    """SIGKILL each process still running (psutil checks it is the same process)."""
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(processes, timeout=5)
 
 ADMIN_PASSWORD = "dockyard-admin-pass-7"
 _XSRF_INPUT = re.compile(r'name="_xsrf"[^>]*value="([^"]+)"')
@@ -53,15 +74,20 @@ class RunningHub:
             time.sleep(0.3)
         raise TimeoutError(f"Dockyard did not come up in {timeout}s:\n{self.log_tail()}")
 
-    def stop(self, timeout: float = 30) -> None:
+    def stop(self, timeout: float = 10) -> None:
+        """Ctrl-C, as a person would; then everything this Dockyard started is gone,
+        local notebook servers included (which a real Ctrl-C leaves running)."""
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGINT)
+        started = descendants(self.process.pid)
+        self.process.send_signal(signal.SIGINT)
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.kill()
             self.process.wait()
+        finally:
+            kill_all(started + descendants(self.process.pid))
 
     def restart(self) -> None:
         self.stop()
@@ -93,15 +119,23 @@ class RunningHub:
         return session
 
     def post_login(
-        self, session: requests.Session, username: str, password: str
+        self, session: requests.Session, username: str, password: str,
+        next_url: str | None = "/hub/home",
     ) -> requests.Response:
-        page = session.get(self.url + "/hub/login", timeout=10)
+        """Sign in through the form. Signing in starts the user's notebook server unless
+        the login page was opened with a ?next= address, as here by default, so tests
+        that only need a session start nothing; ``next_url=None`` signs in as a person
+        who opened the site does."""
+        login = self.url + "/hub/login"
+        if next_url is not None:
+            login += "?" + urlencode({"next": next_url})
+        page = session.get(login, timeout=10)
         page.raise_for_status()
         match = _XSRF_INPUT.search(page.text)
         data = {"username": username, "password": password}
         if match:
             data["_xsrf"] = match.group(1)
-        return session.post(self.url + "/hub/login", data=data, timeout=30)
+        return session.post(login, data=data, timeout=30)
 
     def create_user(self, username: str, password: str = "user-pass-2024!") -> requests.Session:
         """Sign up through NativeAuthenticator's form, approve as admin, log in."""
@@ -175,3 +209,68 @@ def start_hub(home: Path, **overrides: str) -> RunningHub:
     hub = RunningHub(home=home, env=env, url=f"http://127.0.0.1:{env['DOCKYARD_PORT']}")
     hub.start()
     return hub
+
+
+@dataclass
+class UpProcess:
+    """``dockyard up`` with its console in a file (a pipe nobody reads would fill up and
+    block it), for tests that read what it says and how it stops."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_line(self, text: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.output():
+                return
+            if self.process.poll() is not None:
+                raise AssertionError(f"dockyard up exited {self.process.returncode}:\n"
+                                     f"{self.output()}")
+            time.sleep(0.2)
+        raise TimeoutError(f"dockyard up never said {text!r}:\n{self.output()}")
+
+    def interrupt(self, timeout: float = 30) -> float:
+        """Ctrl-C; returns the seconds until `dockyard up` and everything it started
+        (but notebook servers) had ended."""
+        managed = [p for p in descendants(self.process.pid)
+                   if "jupyterhub-singleuser" not in " ".join(_cmdline(p))]
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout=timeout)
+        _gone, alive = psutil.wait_procs(managed, timeout=timeout)
+        took = time.monotonic() - started
+        assert not alive, f"still running after Ctrl-C: {alive}"
+        return took
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
+@contextmanager
+def running_up(env: dict[str, str], log_path: Path) -> Iterator[UpProcess]:
+    """Start ``dockyard up``; afterwards it and everything it started are gone."""
+    log = open(log_path, "ab")  # noqa: SIM115 - closed below, after the process ended
+    process = subprocess.Popen([sys.executable, "-m", "hub.cli", "up"], env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    up = UpProcess(process, log_path)
+    try:
+        yield up
+    finally:
+        started = descendants(process.pid)
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        kill_all(started + descendants(process.pid))
+        log.close()

@@ -1,0 +1,141 @@
+"""Keep ``dockyard up``'s promise about Ctrl-C: everything it started stops, at once.
+
+JupyterHub starts the proxy and each managed service (web, worker, idle culler) in a
+session of its own, and on shutdown stops the services one after the other, each with
+SIGINT and then up to 10 + 5 + 5 seconds before SIGKILL. So a slow service makes Ctrl-C
+take half a minute, and a hub that is killed leaves its proxy and services running. The
+supervisor here stops the hub and its services together, kills whatever is left after
+``STOP_SECONDS``, and cleans up after a hub that died. Notebook servers are left running,
+as documented: the hub adopts them again at its next start.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import psutil
+
+# What a person waits after Ctrl-C, all included.
+STOP_SECONDS = 3.0
+# The hub's own clean shutdown gets this long before anything is killed.
+_HUB_GRACE_SECONDS = 1.2
+_LOOK_EVERY_SECONDS = 1.0
+
+
+def is_notebook_server(process: psutil.Process) -> bool:
+    """Local-process notebook servers outlive the hub, as notebook containers do."""
+    try:
+        return any("jupyterhub-singleuser" in part for part in process.cmdline())
+    except psutil.Error:
+        return False
+
+
+def is_proxy(process: psutil.Process) -> bool:
+    try:
+        return any("configurable-http-proxy" in part for part in process.cmdline())
+    except psutil.Error:
+        return False
+
+
+def managed_processes(root_pid: int) -> list[psutil.Process]:
+    """The hub's proxy and services (with their own children): all its descendants
+    except notebook servers and what those started."""
+    try:
+        root = psutil.Process(root_pid)
+        children = root.children()
+    except psutil.Error:
+        return []
+    found: list[psutil.Process] = []
+    for child in children:
+        if is_notebook_server(child):
+            continue
+        found.append(child)
+        try:
+            found.extend(child.children(recursive=True))
+        except psutil.Error:
+            pass
+    return found
+
+
+def signal_all(processes: Iterable[psutil.Process], signum: int) -> None:
+    for process in processes:
+        try:
+            process.send_signal(signum)
+        except psutil.Error:
+            pass  # gone already
+
+
+def kill(processes: Iterable[psutil.Process]) -> None:
+    # SIGKILL cannot be ignored, so there is nothing to wait for: a killed process that no
+    # parent reaps stays a zombie, which holds no port, file or memory.
+    signal_all(processes, signal.SIGKILL)
+
+
+def stop_proxy_of(pid_file: Path) -> None:
+    """A proxy whose hub died keeps running in its own session: stop it."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        proxy = psutil.Process(pid)
+        if not is_proxy(proxy):
+            return  # the pid was reused by something else
+    except (OSError, ValueError, psutil.Error):
+        return
+    proxy.terminate()
+    _gone, alive = psutil.wait_procs([proxy], timeout=1.0)
+    kill(alive)
+    pid_file.unlink(missing_ok=True)
+
+
+def supervise(hub: subprocess.Popen[bytes], *, proxy_pid_file: Path) -> int:
+    """Wait for the hub; on SIGINT or SIGTERM stop it and its services within
+    ``STOP_SECONDS`` (a second signal kills at once). Returns the exit code."""
+    stop_asked_at: float | None = None
+    kill_now = False
+
+    def request_stop(_signum: int, _frame: object) -> None:
+        nonlocal stop_asked_at, kill_now
+        if stop_asked_at is not None:
+            kill_now = True
+            return
+        stop_asked_at = time.monotonic()
+        # Services first, all at once, with the signal the hub would send them one by one;
+        # the hub then finds them gone and only has the proxy left to stop. (Not the proxy:
+        # the hub would see it die and start a new one.)
+        services = [p for p in managed_processes(hub.pid) if not is_proxy(p)]
+        signal_all(services, signal.SIGINT)
+        try:
+            hub.terminate()
+        except ProcessLookupError:
+            pass
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    managed: list[psutil.Process] = []
+    looked_at = 0.0
+    try:
+        while True:
+            try:
+                code = hub.wait(timeout=0.05)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            if now - looked_at >= _LOOK_EVERY_SECONDS and stop_asked_at is None:
+                managed, looked_at = managed_processes(hub.pid), now
+            if kill_now or (stop_asked_at is not None
+                            and now - stop_asked_at >= _HUB_GRACE_SECONDS):
+                managed = managed_processes(hub.pid) or managed
+                kill(managed)
+                hub.kill()
+        # Whatever the hub left (after a crash or a kill) is overdue: its services, its proxy.
+        kill(p for p in managed if p.is_running() and not is_notebook_server(p))
+        stop_proxy_of(proxy_pid_file)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stop_asked_at is not None:
+        return 0
+    return code

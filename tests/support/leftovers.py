@@ -1,0 +1,150 @@
+"""What the test suite started and did not stop: processes, containers, networks, volumes
+and swarm services still there at its end.
+
+Every fixture must stop what it started, whatever the outcome. The suite checks that at its
+end (``tests/conftest.py``) and fails when anything is left; ``.ci/run`` prints the same list
+after the suite (``python -m tests.support.leftovers``).
+
+Processes: the pytest process makes itself a *child subreaper* (Linux), so a process a test
+started stays its descendant even after its parent died (JupyterHub starts the proxy and
+its services in sessions of their own; a killed hub leaves them to whoever reaps orphans).
+Engine objects: those created after the suite started, compared with what was there then.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+_PR_SET_CHILD_SUBREAPER = 36
+# What Dockyard's processes look like, for the look after the suite has ended.
+_OUR_COMMANDS = (
+    "configurable-http-proxy",
+    "jupyterhub",
+    "hub.cli",
+    "jupyterhub_idle_culler",
+    "jupyterhub-singleuser",
+    "moto.server",
+    "--remote-debugging-pipe",  # Chromium started by Playwright
+)
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants of this process are re-parented to it (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def describe(process: psutil.Process) -> str:
+    try:
+        command = " ".join(process.cmdline())[:160]
+    except psutil.Error:
+        command = process.name()
+    return f"pid {process.pid}: {command}"
+
+
+def living_descendants(grace: float = 3.0) -> list[psutil.Process]:
+    """This process's descendants that are alive after ``grace`` seconds (a process
+    stopped by the last teardown may still be exiting); zombies are reaped."""
+    deadline = time.monotonic() + grace
+    while True:
+        alive = []
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    if child.ppid() == os.getpid():
+                        os.waitpid(child.pid, os.WNOHANG)
+                    continue
+            except (psutil.Error, ChildProcessError):
+                continue
+            alive.append(child)
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.2)
+
+
+def our_processes() -> list[psutil.Process]:
+    """Processes on this machine that look like Dockyard's or the suite's (for .ci/run,
+    after the suite's own process has ended)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if process.pid != os.getpid() and any(part in command for part in _OUR_COMMANDS):
+            found.append(process)
+    return found
+
+
+def other_test_runs() -> list[psutil.Process]:
+    """Other pytest processes on this machine (they share the Docker engine with us)."""
+    mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        if process.pid not in mine and any(part.endswith("pytest") for part in command[:2]):
+            found.append(process)
+    return found
+
+
+@dataclass
+class EngineSnapshot:
+    """The engine's objects when the suite started."""
+
+    containers: set[str] = field(default_factory=set)
+    networks: set[str] = field(default_factory=set)
+    volumes: set[str] = field(default_factory=set)
+    services: set[str] = field(default_factory=set)
+
+
+def engine_snapshot(engine: object) -> EngineSnapshot:
+    return EngineSnapshot(*_engine_objects(engine))
+
+
+def _engine_objects(engine: object) -> tuple[set[str], set[str], set[str], set[str]]:
+    containers = {c.name for c in engine.containers.list(all=True)}  # type: ignore[attr-defined]
+    networks = {n.name for n in engine.networks.list()}  # type: ignore[attr-defined]
+    volumes = {v.name for v in engine.volumes.list()}  # type: ignore[attr-defined]
+    services: set[str] = set()
+    if engine.info().get("Swarm", {}).get("LocalNodeState") == "active":  # type: ignore[attr-defined]
+        services = {s.name for s in engine.services.list()}  # type: ignore[attr-defined]
+    return containers, networks, volumes, services
+
+
+def new_engine_objects(engine: object, before: EngineSnapshot) -> list[str]:
+    """Engine objects that appeared since ``before`` and are still there."""
+    containers, networks, volumes, services = _engine_objects(engine)
+    # Swarm mode adds docker_gwbridge and ingress; a test that left swarm mode on is caught
+    # by its services, and the engine-wide networks of swarm mode are not the suite's.
+    networks -= {"docker_gwbridge", "ingress"}
+    return ([f"container {name}" for name in sorted(containers - before.containers)]
+            + [f"network {name}" for name in sorted(networks - before.networks)]
+            + [f"volume {name}" for name in sorted(volumes - before.volumes)]
+            + [f"swarm service {name}" for name in sorted(services - before.services)])
+
+
+def main() -> int:
+    """For .ci/run after the suite: list Dockyard-like processes and test engine objects."""
+    leftovers = [describe(p) for p in our_processes()]
+    try:
+        import docker
+
+        engine = docker.from_env(timeout=10)
+        for container in engine.containers.list(all=True):
+            if any(key.startswith("dockyard.") for key in container.labels):
+                leftovers.append(f"container {container.name} ({container.status})")
+    except Exception as exc:  # no engine on this machine: nothing of it can be left
+        print(f"(Docker engine not checked: {exc})")
+    for line in leftovers:
+        print(f"left running: {line}")
+    print(f"{len(leftovers)} leftover(s) of the test suite")
+    return 1 if leftovers else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

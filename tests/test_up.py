@@ -1,0 +1,203 @@
+"""`dockyard up` as a platform engineer meets it: Ctrl-C stops everything at once, two
+installations live side by side on one machine and one Docker engine, and a port that is
+taken is one line naming it."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import docker
+import pytest
+import requests
+
+from hub.installation import INSTALLATION_FILE, LEGACY_VALUES, ensure_installation
+from hub.settings import Settings
+from tests.notebooks.conftest import TEST_IMAGE, remove_engine_objects
+from tests.support.hubproc import ADMIN_PASSWORD, RunningHub, hub_environment, running_up
+from tests.support.requirements import require_docker, require_image
+
+# What the issue promised a person pressing Ctrl-C, everything included.
+STOP_LIMIT_SECONDS = 3.0
+INTERNAL_PORTS = ("DOCKYARD_HUB_PORT", "DOCKYARD_WEB_PORT", "DOCKYARD_PROXY_API_PORT")
+
+
+def installation_environment(home: Path, **overrides: str) -> dict[str, str]:
+    """Like a newcomer's `make up`: only the public port and the home are given."""
+    env = hub_environment(home, **overrides)
+    for name in INTERNAL_PORTS:
+        env.pop(name)
+    return env
+
+
+def answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def wait_until_serving(env: dict[str, str], timeout: float = 120) -> str:
+    url = f"http://127.0.0.1:{env['DOCKYARD_PORT']}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if answers(url + "/hub/login") and answers(url + "/services/dockyard/health"):
+            return url
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not serve within {timeout} s")
+
+
+@pytest.mark.hub
+def test_ctrl_c_stops_everything_at_once_without_docker(tmp_path: Path) -> None:
+    env = hub_environment(tmp_path, DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock")
+    with running_up(env, tmp_path / "up.log") as up:
+        wait_until_serving(env)
+        took = up.interrupt()
+    assert took <= STOP_LIMIT_SECONDS, f"Ctrl-C took {took:.2f} s:\n{up.output()[-2000:]}"
+    assert up.process.returncode == 0
+
+
+@pytest.mark.hub
+@pytest.mark.docker
+def test_ctrl_c_stops_everything_at_once_with_docker(tmp_path: Path) -> None:
+    require_docker()
+    require_image(TEST_IMAGE)
+    prefix = "dyia" + tmp_path.name[-6:].encode().hex()[:6]
+    env = hub_environment(tmp_path, DOCKYARD_SPAWNER="docker", DOCKYARD_JOB_BACKEND="docker",
+                          DOCKYARD_NOTEBOOK_IMAGE=TEST_IMAGE, DOCKYARD_DOCKER_NAME_PREFIX=prefix)
+    engine = docker.from_env(timeout=60)
+    try:
+        with running_up(env, tmp_path / "up.log") as up:
+            url = wait_until_serving(env)
+            hub = RunningHub(home=tmp_path, env=env, url=url)
+            token = hub.hub_token(hub.login(), "admin")
+            # A running notebook server: Ctrl-C leaves it running, as documented.
+            headers = {"Authorization": f"token {token}"}
+            requests.post(f"{url}/hub/api/users/admin/server", headers=headers,
+                          timeout=60).raise_for_status()
+            deadline = time.monotonic() + 120
+            while not engine.containers.list(filters={"label": f"dockyard.prefix={prefix}",
+                                                      "status": "running"}):
+                assert time.monotonic() < deadline, up.output()[-2000:]
+                time.sleep(0.5)
+            took = up.interrupt()
+            assert took <= STOP_LIMIT_SECONDS, f"Ctrl-C took {took:.2f} s"
+            running = engine.containers.list(filters={"label": f"dockyard.prefix={prefix}"})
+            assert [c.labels["dockyard.user"] for c in running] == ["admin"]
+    finally:
+        remove_engine_objects(engine, prefix)
+        engine.close()
+
+
+@pytest.fixture
+def two_installations(tmp_path: Path) -> Iterator[list[tuple[dict[str, str], str]]]:
+    """Two newcomers' Dockyards on this machine at once, each with its own home."""
+    with ExitStack() as stack:
+        started = []
+        for name in ("first", "second"):
+            home = tmp_path / name
+            home.mkdir()
+            env = installation_environment(home)
+            stack.enter_context(running_up(env, home / "up.log"))
+            started.append(env)
+        yield [(env, wait_until_serving(env)) for env in started]
+
+
+@pytest.mark.hub
+def test_two_installations_serve_side_by_side(
+    two_installations: list[tuple[dict[str, str], str]],
+) -> None:
+    kept = [json.loads((Path(env["DOCKYARD_HOME"]) / INSTALLATION_FILE).read_text())
+            for env, _url in two_installations]
+    first, second = kept
+    assert first["docker_name_prefix"] != second["docker_name_prefix"]
+    ports = [kept_values[field] for kept_values in kept
+             for field in ("hub_port", "web_port", "proxy_api_port")]
+    assert len(set(ports)) == len(ports), kept
+    for env, url in two_installations:
+        hub = RunningHub(home=Path(env["DOCKYARD_HOME"]), env=env, url=url)
+        assert hub.login("admin", ADMIN_PASSWORD).get(url + "/hub/home", timeout=30).ok
+
+
+@pytest.mark.hub
+@pytest.mark.docker
+def test_two_installations_keep_their_users_apart_on_one_engine(tmp_path: Path) -> None:
+    """The same user name in two installations gets two containers and two homes."""
+    require_docker()
+    require_image(TEST_IMAGE)
+    engine = docker.from_env(timeout=60)
+    prefixes: list[str] = []
+    try:
+        with ExitStack() as stack:
+            hubs = []
+            for name in ("first", "second"):
+                home = tmp_path / name
+                home.mkdir()
+                prefixes.append(ensure_installation(home)["docker_name_prefix"])
+                env = installation_environment(home, DOCKYARD_SPAWNER="docker",
+                                               DOCKYARD_NOTEBOOK_IMAGE=TEST_IMAGE)
+                stack.enter_context(running_up(env, home / "up.log"))
+                hubs.append((env, home))
+            for env, home in hubs:
+                url = wait_until_serving(env)
+                hub = RunningHub(home=home, env=env, url=url)
+                token = hub.hub_token(hub.login(), "admin")
+                requests.post(f"{url}/hub/api/users/admin/server", timeout=60,
+                              headers={"Authorization": f"token {token}"}).raise_for_status()
+            for prefix in prefixes:
+                deadline = time.monotonic() + 120
+                while not engine.containers.list(
+                        filters={"label": f"dockyard.prefix={prefix}", "status": "running"}):
+                    assert time.monotonic() < deadline, f"no server for {prefix}"
+                    time.sleep(0.5)
+            containers = {prefix: engine.containers.list(
+                filters={"label": f"dockyard.prefix={prefix}"}) for prefix in prefixes}
+            names = {c.name for found in containers.values() for c in found}
+            assert len(names) == 2, names
+            homes = {prefix: {m["Name"] for c in found for m in c.attrs["Mounts"]
+                              if m.get("Type") == "volume" and "home" in m.get("Name", "")}
+                     for prefix, found in containers.items()}
+            first, second = (homes[p] for p in prefixes)
+            assert first and second and not first & second, homes
+    finally:
+        for prefix in prefixes:
+            remove_engine_objects(engine, prefix)
+        engine.close()
+
+
+def test_a_home_from_before_keeps_its_ports_and_names(tmp_path: Path) -> None:
+    (tmp_path / "dockyard.sqlite").touch()  # an installation that has run before
+    assert ensure_installation(tmp_path) == LEGACY_VALUES
+    assert Settings(home=tmp_path).docker_name_prefix == "dockyard"
+
+
+def test_a_new_home_gets_its_own_values_and_keeps_them(tmp_path: Path) -> None:
+    chosen = ensure_installation(tmp_path)
+    assert chosen["docker_name_prefix"].startswith("dy")
+    assert chosen["docker_name_prefix"] != LEGACY_VALUES["docker_name_prefix"]
+    assert ensure_installation(tmp_path) == chosen  # the same at every start
+    settings = Settings(home=tmp_path)
+    assert (settings.hub_port, settings.web_port) == (chosen["hub_port"], chosen["web_port"])
+    # An explicit setting wins over the kept value.
+    assert Settings(home=tmp_path, web_port=12345).web_port == 12345
+
+
+@pytest.mark.parametrize("setting", INTERNAL_PORTS)
+def test_up_refuses_an_internal_port_in_use_in_one_line(tmp_path: Path, setting: str) -> None:
+    import subprocess
+    import sys
+
+    env = hub_environment(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", int(env[setting])))
+        busy.listen()
+        result = subprocess.run([sys.executable, "-m", "hub.cli", "up"], env=env,
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"dockyard: {setting}:"), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
