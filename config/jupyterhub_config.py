@@ -12,15 +12,20 @@ from pathlib import Path
 
 from hub.choices import choose_runtime
 from hub.hubconfig import configure_hub
-from hub.settings import load_settings
+from hub.settings import SettingsError, load_settings
 
-settings = load_settings()
-runtime = choose_runtime(settings)
-configure_hub(
-    c,
-    settings,
-    runtime,
-    python=sys.executable,
-    repo=Path(__file__).resolve().parent.parent,
-    environ=dict(os.environ),
-)
+try:
+    settings = load_settings()
+    runtime = choose_runtime(settings)
+    configure_hub(
+        c,
+        settings,
+        runtime,
+        python=sys.executable,
+        repo=Path(__file__).resolve().parent.parent,
+        environ=dict(os.environ),
+    )
+except SettingsError as exc:
+    # One line for the person at the console, as `dockyard` says it, not a traceback.
+    print(f"dockyard: {exc}", file=sys.stderr)
+    sys.exit(2)

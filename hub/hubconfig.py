@@ -9,10 +9,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from hub.choices import RuntimeChoice
-from hub.settings import ENV_PREFIX, Settings
+from hub.jupyterhub.landing import landing_url
+from hub.settings import ENV_PREFIX, Settings, SettingsError
 from spawner.environment import web_bind_address
+from spawner.options import LAST_CHOICE_QUERY
 
 SERVICE_NAME = "dockyard"
 # Variables a hub-managed service needs besides Dockyard's own settings.
@@ -63,6 +66,30 @@ def configure_hub(
     repo: Path,
     environ: dict[str, str],
 ) -> None:
+    """Configure JupyterHub; a Docker engine that stopped answering since the runtime was
+    chosen is a SettingsError (one line for the console), not a traceback."""
+    from docker.errors import DockerException
+    from requests.exceptions import RequestException
+
+    try:
+        _configure_hub(c, settings, runtime, python=python, repo=repo, environ=environ)
+    except (DockerException, RequestException) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SettingsError(
+            f"{ENV_PREFIX}SPAWNER: the Docker engine stopped answering during start-up "
+            f"({reason}); start it again, or set {ENV_PREFIX}SPAWNER=local"
+        ) from None
+
+
+def _configure_hub(
+    c: Any,
+    settings: Settings,
+    runtime: RuntimeChoice,
+    *,
+    python: str,
+    repo: Path,
+    environ: dict[str, str],
+) -> None:
     home = settings.home
     c.JupyterHub.ip = settings.ip
     c.JupyterHub.port = settings.port
@@ -71,11 +98,20 @@ def configure_hub(
     c.JupyterHub.cookie_secret_file = str(home / "jupyterhub_cookie_secret")
     c.JupyterHub.pid_file = str(home / "jupyterhub.pid")
     c.JupyterHub.log_level = "WARN" if settings.log_level == "WARNING" else settings.log_level
-    c.JupyterHub.template_paths = [str(repo / "config" / "templates")]
+    # The hub's pages wear Dockyard's brand: its templates first, then the navigation
+    # bar and logo shared with the Dockyard service's own pages.
+    web = repo / "hub" / "web"
+    c.JupyterHub.template_paths = [str(repo / "config" / "templates"),
+                                   str(web / "templates" / "shared")]
+    c.JupyterHub.logo_file = str(web / "static" / "dockyard-logo.svg")
+    c.JupyterHub.template_vars.update({
+        "dockyard_service_url": f"/services/{SERVICE_NAME}/",
+        "dockyard_last_choice_query": urlencode(LAST_CHOICE_QUERY),
+    })
     c.JupyterHub.cleanup_servers = False  # notebook containers outlive a hub restart
-    # Land on the home page after login (notebooks, jobs and data are equals here)
-    # instead of starting a server nobody asked for.
-    c.JupyterHub.redirect_to_server = False
+    # Signing in starts the user's usual notebook server and shows its progress (one
+    # click to JupyterLab); the home page and the spawn form are a link away.
+    c.JupyterHub.default_url = landing_url
     c.ConfigurableHTTPProxy.command = proxy_command(repo)
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
     c.ConfigurableHTTPProxy.pid_file = str(home / "jupyterhub-proxy.pid")

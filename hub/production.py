@@ -164,6 +164,10 @@ ENV_ENTRIES: tuple[EnvEntry, ...] = (
              "(a store user that cannot delete).", generate="password"),
     EnvEntry("DOCKYARD_S3_CLIENT_SECRET_KEY", "Its secret key.", generate="hex"),
     EnvEntry("DOCKYARD_S3_BUCKET", "Bucket of the data catalog.", default="dockyard"),
+    EnvEntry("DOCKYARD_DOCKER_NAME_PREFIX", "Prefix of this installation's notebook "
+             "containers and home volumes, so that two installations can share one Docker "
+             "engine. Never change it under a running installation: its users' homes are "
+             "found by it.", generate="prefix", default="dockyard"),
 )
 
 _LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
@@ -172,6 +176,8 @@ _LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 def generate(kind: str) -> str:
     if kind == "hex":  # 256 bits; JupyterHub's cookie secret must be hex
         return secrets.token_hex(32)
+    if kind == "prefix":  # Docker object names: short, lower case
+        return f"dy{secrets.token_hex(3)}"
     if kind == "password":
         # Letters and digits only: safe in URLs, YAML and shells without quoting.
         alphabet = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
@@ -228,7 +234,10 @@ def write_env_file(path: Path, overrides: dict[str, str] | None = None) -> tuple
     for entry in ENV_ENTRIES:
         if values.get(entry.name):
             continue
-        if entry.generate:
+        if entry.generate == "prefix" and not created:
+            # An installation made before this entry existed keeps the names it has.
+            values[entry.name] = entry.default
+        elif entry.generate:
             values[entry.name] = generate(entry.generate)
         elif entry.name == "DOCKER_GID":
             values[entry.name] = docker_socket_gid()
@@ -236,7 +245,7 @@ def write_env_file(path: Path, overrides: dict[str, str] | None = None) -> tuple
             values[entry.name] = entry.default
         added.append(entry.name)
     for entry in ENV_ENTRIES:
-        if entry.generate:
+        if entry.generate in ("hex", "password"):
             refuse_weak_secret(f"{entry.name} in {path}", values[entry.name])
     # Written to a new file with mode 600 from the first byte, then moved into place.
     tmp = path.with_name(path.name + ".tmp")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -201,3 +202,76 @@ def test_up_refuses_an_internal_port_in_use_in_one_line(tmp_path: Path, setting:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"dockyard: {setting}:"), result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+class EngineThatGoesAway:
+    """A Unix socket that forwards to the real Docker engine until ``close()``: an engine
+    that stops answering while Dockyard starts."""
+
+    def __init__(self, path: Path, engine_socket: str = "/var/run/docker.sock") -> None:
+        self.path = path
+        self.engine_socket = engine_socket
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen(16)
+        self.open: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(self.engine_socket)
+            self.open += [client, upstream]
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+        for connection in self.open:
+            connection.close()
+        self.path.unlink(missing_ok=True)
+
+
+@pytest.mark.hub
+@pytest.mark.docker
+def test_an_engine_that_stops_during_start_up_is_one_line(tmp_path: Path) -> None:
+    require_docker()
+    require_image(TEST_IMAGE)
+    engine = EngineThatGoesAway(tmp_path / "engine.sock")
+    env = hub_environment(tmp_path, DOCKER_HOST=f"unix://{engine.path}",
+                          DOCKYARD_SPAWNER="docker", DOCKYARD_NOTEBOOK_IMAGE=TEST_IMAGE)
+    try:
+        with running_up(env, tmp_path / "up.log") as up:
+            # Said just before the hub starts; the hub asks the engine only after its
+            # imports, a second or more later.
+            up.wait_for_line("Press Ctrl-C")
+            engine.close()
+            up.process.wait(timeout=60)
+    finally:
+        engine.close()
+    output = up.output()
+    assert up.process.returncode == 2, output
+    assert "Traceback" not in output
+    assert output.rstrip().splitlines()[-1].startswith(
+        "dockyard: DOCKYARD_SPAWNER: the Docker engine stopped answering during start-up"
+    ), output
+    assert (tmp_path / "dockyard.sqlite").exists()  # nothing in the home is lost

@@ -4,6 +4,7 @@ configuration with external services, and what containers are told."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import stat
 import subprocess
@@ -29,7 +30,7 @@ from hub.settings import Settings, SettingsError
 from spawner.environment import container_environment, dockyard_url_for_containers
 
 REPO = Path(__file__).resolve().parent.parent.parent
-SECRET_NAMES = [entry.name for entry in ENV_ENTRIES if entry.generate]
+SECRET_NAMES = [entry.name for entry in ENV_ENTRIES if entry.generate in ("hex", "password")]
 TOKEN = secrets.token_hex(32)
 COOKIE_SECRET = secrets.token_hex(32)
 PROXY_TOKEN = secrets.token_hex(32)
@@ -51,6 +52,8 @@ def test_init_prod_writes_private_random_secrets(tmp_path: Path) -> None:
     assert not any(is_weak_secret(value) for value in secrets)
     int(values["DOCKYARD_COOKIE_SECRET"], 16)  # JupyterHub reads the cookie secret as hex
     assert values["DOCKER_GID"].isdigit()
+    # Its own names on a shared Docker engine: not another installation's home volumes.
+    assert re.fullmatch(r"dy[0-9a-f]{6}", values["DOCKYARD_DOCKER_NAME_PREFIX"])
 
     # A second run keeps every value: secrets never change under a running installation.
     again = CliRunner().invoke(main, ["init-prod", "--env-file", str(env_file)])
@@ -69,6 +72,8 @@ def test_init_prod_fills_in_what_is_missing_and_keeps_the_rest(tmp_path: Path) -
     assert values["DOCKYARD_DB_PASSWORD"] == "9f0c2d7be1a64c55a1f0e6d3b8c2a7e4"
     assert values["MY_OWN"] == "1"
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    # An installation made before the prefix was in the file keeps its containers' names.
+    assert values["DOCKYARD_DOCKER_NAME_PREFIX"] == "dockyard"
 
 
 def test_init_prod_refuses_a_placeholder_already_in_the_file(tmp_path: Path) -> None:
