@@ -236,8 +236,9 @@ class Settings(BaseSettings):
     )
     job_namespace: str = Field(
         "", pattern=r"^[a-z0-9-]{0,32}$",
-        description="Label value that marks this installation's job containers "
-        "(reconcile finds them by it). Default: derived from the database URL.",
+        description="Label value that marks this installation's job and image inspection "
+        "containers (the worker's reconcile finds them by it). Default: derived from the "
+        "database URL.",
     )
     job_dockyard_url: str = Field(
         "", description="Dockyard's URL as jobs reach it (DOCKYARD_URL inside jobs). "

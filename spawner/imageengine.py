@@ -11,15 +11,21 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from docker.errors import APIError, DockerException, ImageNotFound
 from requests.exceptions import RequestException
 
-from hub.images.engine import BuildFailed, EngineUnavailable, ImageFacts
+from hub.images.engine import BuildFailed, EngineUnavailable, ImageFacts, LeftoverInspection
 from spawner.engine import docker_client
-from spawner.imageinspect import InspectionFailed, inspect_image
+from spawner.imageinspect import (
+    InspectionFailed,
+    InspectionOwner,
+    inspect_image,
+    remove_leftover_inspections,
+)
 
 LineSink = Callable[[str], None]
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -29,11 +35,16 @@ class DockerImageEngine:
     """ImageEngine on the Docker engine named by DOCKER_HOST (or the local socket)."""
 
     def __init__(
-        self, *, timeout: int = 30, inspect_timeout: float = 60, build_ca: Path | None = None
+        self, *, timeout: int = 30, inspect_timeout: float = 60, build_ca: Path | None = None,
+        namespace: str = "", worker: str = "",
     ) -> None:
         self.timeout = timeout
         self.inspect_timeout = inspect_timeout
         self.build_ca = build_ca
+        # Who inspects: the installation's namespace and the worker, put on inspection
+        # containers so that a leftover is found by its own installation only.
+        self.namespace = namespace
+        self.worker = worker
 
     def _client(self, timeout: int | None = None) -> Any:
         try:
@@ -121,11 +132,27 @@ class DockerImageEngine:
             on_line(f"tagged {reference}\n")
         return result.image_id
 
-    def inspect(self, reference: str) -> dict[str, Any]:
+    def inspect(self, reference: str, *, catalog_id: int | None = None) -> dict[str, Any]:
+        owner = InspectionOwner(self.namespace, self.worker, catalog_id) if self.namespace \
+            else None
         try:
-            return inspect_image(reference, timeout_seconds=self.inspect_timeout)
+            return inspect_image(reference, timeout_seconds=self.inspect_timeout, owner=owner)
         except InspectionFailed as exc:
             raise BuildFailed(str(exc)) from None
+
+    def remove_leftover_inspections(self, abandoned_after: timedelta) -> list[LeftoverInspection]:
+        if not self.namespace:
+            return []  # inspections made without a namespace cannot be told apart
+        try:
+            removed = remove_leftover_inspections(
+                self.namespace, self.worker, abandoned_after=abandoned_after,
+                client_factory=self._client,
+            )
+        except (DockerException, RequestException) as exc:
+            raise EngineUnavailable(f"cannot list inspection containers: {exc}") from None
+        return [LeftoverInspection(found.container, found.catalog_id, found.by_this_worker,
+                                   found.created)
+                for found in removed]
 
     def running_notebook_images(self, name_prefix: str) -> dict[str, list[str]] | None:
         """Running notebook containers by image, read from the engine by the labels

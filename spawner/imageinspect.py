@@ -6,6 +6,12 @@ section per fact; anything an image lacks (no Python, no R, no Java) just leaves
 section empty, so a minimal image is inspected as well as the full notebook image.
 Where Python exists, one Python snippet reports the interpreter, every installed
 distribution (what ``pip freeze --all`` lists) and the Jupyter kernels as JSON.
+
+The container is removed as soon as the report is read. One that is still there later
+was left by a worker that stopped during the inspection; its labels say which
+installation (the namespace its jobs carry too) and which worker made it, and for which
+catalog image, so that worker's next start removes it and settles the image
+(``remove_leftover_inspections``), and no installation touches another's.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import re
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
@@ -22,10 +30,13 @@ from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ReadTimeout
 
 from spawner.engine import docker_client
+from spawner.jobs.base import LABEL_NAMESPACE, LABEL_ROLE
 
 SECTION_MARK = "@@dockyard-section "
-INSPECT_LABEL = "dockyard.role"
+INSPECT_LABEL = LABEL_ROLE
 INSPECT_LABEL_VALUE = "image-inspect"
+WORKER_LABEL = "dockyard.worker"
+CATALOG_IMAGE_LABEL = "dockyard.catalog-image"
 
 _PYTHON_REPORT = r"""
 import json, os, sys
@@ -136,11 +147,40 @@ class InspectionFailed(Exception):
     """The image could not be run at all (missing, no shell, engine trouble)."""
 
 
+@dataclass(frozen=True)
+class InspectionOwner:
+    """Whose inspection a container is: an installation (its jobs' namespace), one of its
+    workers, and the catalog image being inspected (None outside the catalog)."""
+
+    namespace: str
+    worker: str
+    catalog_id: int | None = None
+
+    def labels(self) -> dict[str, str]:
+        labels = {LABEL_NAMESPACE: self.namespace, WORKER_LABEL: self.worker}
+        if self.catalog_id is not None:
+            labels[CATALOG_IMAGE_LABEL] = str(self.catalog_id)
+        return labels
+
+
+@dataclass(frozen=True)
+class LeftoverInspection:
+    """An inspection container removed because no inspection will read it any more."""
+
+    container: str
+    catalog_id: int | None
+    # Left by the worker that asked (so the inspection was its own), or by another worker
+    # of the installation that stopped long ago.
+    by_this_worker: bool
+    created: datetime | None
+
+
 def inspect_image(
     reference: str,
     *,
     timeout_seconds: float = 60,
     memory: str = "1g",
+    owner: InspectionOwner | None = None,
     client_factory: Callable[..., Any] = docker_client,
 ) -> dict[str, Any]:
     """Run ``reference`` once and return what it contains (see ``parse_report``)."""
@@ -163,7 +203,8 @@ def inspect_image(
                 pids_limit=256,
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
-                labels={INSPECT_LABEL: INSPECT_LABEL_VALUE},
+                labels={INSPECT_LABEL: INSPECT_LABEL_VALUE,
+                        **(owner.labels() if owner else {})},
                 detach=True,
             )
         except ImageNotFound:
@@ -196,6 +237,63 @@ def inspect_image(
     elif exit_code != 0 and not report["complete"]:
         report["errors"].append(f"the inspection script exited with {exit_code}")
     return report
+
+
+def remove_leftover_inspections(
+    namespace: str,
+    worker: str,
+    *,
+    abandoned_after: timedelta,
+    client_factory: Callable[..., Any] = docker_client,
+) -> list[LeftoverInspection]:
+    """Remove the inspection containers of installation ``namespace`` that no inspection
+    will read: every one of ``worker``, which calls this as it starts and so has none under
+    way, and those of its other workers that stopped (or never started) more than
+    ``abandoned_after`` ago, since a worker removes its container as soon as it ends.
+    Containers of other installations, and running ones of other workers, stay."""
+    client = client_factory(timeout=30)
+    try:
+        labels = [f"{INSPECT_LABEL}={INSPECT_LABEL_VALUE}", f"{LABEL_NAMESPACE}={namespace}"]
+        removed = []
+        now = datetime.now(UTC)
+        for container in client.containers.list(all=True, filters={"label": labels},
+                                                ignore_removed=True):
+            by_this_worker = container.labels.get(WORKER_LABEL) == worker
+            if not by_this_worker and not _abandoned(container.attrs, now - abandoned_after):
+                continue
+            try:
+                container.remove(force=True)
+            except NotFound:  # its own worker removed it meanwhile
+                continue
+            catalog_id = container.labels.get(CATALOG_IMAGE_LABEL, "")
+            removed.append(LeftoverInspection(
+                container=container.name,
+                catalog_id=int(catalog_id) if catalog_id.isdigit() else None,
+                by_this_worker=by_this_worker,
+                created=_engine_time(container.attrs.get("Created")),
+            ))
+        return removed
+    finally:
+        client.close()
+
+
+def _abandoned(attrs: dict[str, Any], before: datetime) -> bool:
+    state = attrs.get("State") or {}
+    if state.get("Running") or state.get("Restarting"):
+        return False
+    # A container that never ran has no end (Docker says year 1): its creation counts.
+    ended = _engine_time(state.get("FinishedAt"))
+    if ended is None or ended.year < 2000:
+        ended = _engine_time(attrs.get("Created"))
+    return ended is not None and ended < before
+
+
+def _engine_time(value: Any) -> datetime | None:
+    try:
+        # Docker gives nanoseconds; Python's parser takes the first six digits.
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
 
 
 def parse_report(output: str) -> dict[str, Any]:

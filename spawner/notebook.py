@@ -24,6 +24,7 @@ import logging
 import os
 import tarfile
 import threading
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
@@ -52,7 +53,9 @@ from spawner.environment import (
 from spawner.options import (
     InvalidChoice,
     NotebookChoice,
+    asks_for_last_choice,
     choose_profile,
+    last_choice,
     options_from_form,
     render_form,
     requested_image,
@@ -66,6 +69,9 @@ _docker_pool = ThreadPoolExecutor(DOCKER_THREADS, thread_name_prefix="dockyard-d
 _thread_clients = threading.local()
 
 SERVER_LABEL = "dockyard.notebook"
+# Jupyter configuration that gives a home's first server Welcome.ipynb; the notebook image
+# has it at /opt/dockyard/welcome, local processes take it from the repository.
+WELCOME_CONFIG = Path(__file__).resolve().parents[1] / "images" / "notebook" / "welcome"
 VOLUME_LABEL = "dockyard.volume"
 
 
@@ -85,6 +91,59 @@ class SpawnFailed(SpawnException):
 
     def __init__(self, message: str, *, reason: str, status_code: int = 500) -> None:
         super().__init__(message, reason=reason, status_code=status_code)
+
+
+class StartProgress:
+    """The steps of a server's latest start, for the spawn page's progress stream.
+
+    JupyterHub counts a spawn pending from the request until the server is ready, and
+    streams progress to whoever opens the spawn page in that time: before it calls
+    ``start()`` (while it applies the options and runs its hooks), during ``start()``, or
+    after it (while it checks the server and adds its route). Each of them must see every
+    step, so a start's steps are kept until the next spawn is prepared, and a stream opened
+    before ``start()`` waits for it instead of ending with nothing.
+    """
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, Any]] = []
+        self.finished = False
+        self._changed = asyncio.Event()
+
+    def begin(self) -> None:
+        self.steps = []
+        self.finished = False
+        self._changed.set()
+
+    def note(self, progress: int, message: str) -> None:
+        self.steps.append({"progress": progress, "message": message})
+        self._changed.set()
+
+    def finish(self) -> None:
+        self.finished = True
+        self._changed.set()
+
+    def expect_next_start(self) -> None:
+        self.steps = []
+        self.finished = False
+        self._changed.set()
+
+    async def follow(self) -> AsyncIterator[dict[str, Any]]:
+        """Every step of the current start from its first, then the next ones as they
+        come, until the start has finished."""
+        steps, sent = self.steps, 0
+        while True:
+            if self.steps is not steps:  # the next start began: follow it from its first step
+                steps, sent = self.steps, 0
+            # Steps already recorded go out with no await in between: JupyterHub's
+            # iterate_until() stops once the spawn is over and drops whatever its stream
+            # would have had to wait for, but a step that needs no wait is never dropped.
+            while sent < len(steps):
+                yield steps[sent]
+                sent += 1
+            if self.finished:
+                return
+            self._changed.clear()
+            await self._changed.wait()
 
 
 class DockyardDockerSpawner(DockerSpawner):
@@ -136,10 +195,7 @@ class DockyardDockerSpawner(DockerSpawner):
         self._volumes_ready: asyncio.Future[list[str]] | None = None
         self._image_info: dict[str, Any] | None = None
         self._chosen: dict[str, str] = {}  # image and profile, as kept in the hub's state
-        # Progress of the current start, for the page that shows it.
-        self._events: list[dict[str, Any]] = []
-        self._events_changed = asyncio.Event()
-        self._start_finished = True
+        self._progress = StartProgress()
 
     # -- Docker access: a shared bounded pool, one client per thread ---------------------
     @property
@@ -203,7 +259,21 @@ class DockyardDockerSpawner(DockerSpawner):
         return from_form
 
     def options_from_query(self, query_data: dict[str, list[str]]) -> Any:
+        if asks_for_last_choice(query_data):
+            return self.last_choice()
         return self.options_from_form(query_data, spawner=self)
+
+    async def last_choice(self) -> dict[str, str]:
+        """The options of a one-click start: the user's last choice while it is offered,
+        else the default (a 400 with the reason when nothing may start)."""
+        images = await asyncio.to_thread(self.catalog.offered)
+        previous = self.orm_spawner.user_options if self.orm_spawner else None
+        try:
+            options = last_choice(previous, images, self.notebook_profiles)
+        except InvalidChoice as exc:
+            raise web.HTTPError(400, str(exc)) from None
+        await self.resolve_choice(options)
+        return options
 
     @default("apply_user_options")
     def _default_apply_user_options(self) -> Any:
@@ -364,20 +434,11 @@ class DockyardDockerSpawner(DockerSpawner):
     # -- progress --------------------------------------------------------------------
     def _note(self, progress: int, message: str) -> None:
         self.log.debug("%s: %s", self._log_name, message)
-        self._events.append({"progress": progress, "message": message})
-        self._events_changed.set()
+        self._progress.note(progress, message)
 
-    async def progress(self) -> Any:
-        sent = 0
-        while True:
-            events = self._events
-            while sent < len(events):
-                yield events[sent]
-                sent += 1
-            if self._start_finished:
-                return
-            self._events_changed.clear()
-            await self._events_changed.wait()
+    async def progress(self) -> AsyncIterator[dict[str, Any]]:
+        async for step in self._progress.follow():
+            yield step
 
     # -- lifecycle -------------------------------------------------------------------
     async def create_object(self) -> dict[str, Any]:
@@ -417,8 +478,7 @@ class DockyardDockerSpawner(DockerSpawner):
         return [*(info["Config"]["Cmd"] or []), *self.get_args()]
 
     async def start(self) -> tuple[str, int]:
-        self._events = []
-        self._start_finished = False
+        self._progress.begin()
         try:
             if self.choice is None:  # never applied (e.g. a call from outside the hub)
                 self.apply_choice(await self.resolve_choice(self.user_options or {}))
@@ -437,8 +497,11 @@ class DockyardDockerSpawner(DockerSpawner):
             if self._volumes_ready and not self._volumes_ready.done():
                 self._volumes_ready.cancel()
             self._volumes_ready = None
-            self._start_finished = True
-            self._events_changed.set()
+            self._progress.finish()
+            # Streams waiting for a step take the last ones now, before the hub can end
+            # the spawn: JupyterHub's iterate_until() stops at the spawn's end and drops
+            # the step a stream is still waiting for.
+            await asyncio.sleep(0)
 
     async def wait_until_answering(self, ip: str, port: int) -> None:
         """Return once the server answers HTTP; fail at once if its container stops."""
@@ -511,6 +574,9 @@ class DockyardDockerSpawner(DockerSpawner):
         super().clear_state()
         self.choice = None
         self._chosen = {}
+        # The hub calls this when the server has stopped and again as it prepares the next
+        # spawn, before start(): from here a progress stream waits for that start.
+        self._progress.expect_next_start()
 
 
 class DockyardSwarmSpawner(DockyardDockerSpawner, SwarmSpawner):
@@ -714,7 +780,11 @@ def _configure_local(c: Any, settings: Settings, python: str) -> None:
     c.Spawner.cmd = [str(Path(python).parent / "jupyterhub-singleuser")]
     if os.geteuid() == 0:
         c.Spawner.args = ["--allow-root"]
-    c.Spawner.environment = container_environment(settings, dockyard_url_for_processes(settings))
+    environment = container_environment(settings, dockyard_url_for_processes(settings))
+    if WELCOME_CONFIG.is_dir():
+        # The notebook image's welcome for a first server (Welcome.ipynb, copied once).
+        environment["JUPYTER_CONFIG_PATH"] = str(WELCOME_CONFIG)
+    c.Spawner.environment = environment
 
 
 __all__ = ["DockyardDockerSpawner", "DockyardSwarmSpawner", "SpawnFailed", "configure_spawner",

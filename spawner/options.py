@@ -16,6 +16,9 @@ from hub.notebooks import NotebookImage
 from hub.settings import NotebookProfile
 
 OPTION_KEYS = ("image", "profile")
+# The query of a one-click start (/hub/spawn?opt-choice=last): the user's last choice,
+# without the form. JupyterHub strips the "opt-" prefix before the spawner sees it.
+LAST_CHOICE_QUERY = {"opt-choice": "last"}
 NO_IMAGE = ("image: no image is enabled for notebooks right now; an admin can enable one "
             "on the Images page.")
 _UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -52,6 +55,10 @@ def options_from_form(formdata: Mapping[str, Sequence[str]]) -> dict[str, str]:
     return options
 
 
+def asks_for_last_choice(query: Mapping[str, Sequence[str]]) -> bool:
+    return dict(query) == {key[4:]: [value] for key, value in LAST_CHOICE_QUERY.items()}
+
+
 def requested_image(user_options: Mapping[str, Any], images: Sequence[NotebookImage]) -> str:
     """The image reference the user asked for, or the default one."""
     _check_shape(user_options)
@@ -61,6 +68,27 @@ def requested_image(user_options: Mapping[str, Any], images: Sequence[NotebookIm
     if not images:
         raise InvalidChoice(NO_IMAGE)
     return default_of(images).reference
+
+
+def last_choice(
+    previous: Mapping[str, Any] | None,
+    images: Sequence[NotebookImage],
+    profiles: Sequence[NotebookProfile],
+) -> dict[str, str]:
+    """What a one-click start uses: the image and profile of the user's last start while
+    the catalog still offers them (the profile only with an image that allows it), else
+    the default image and its first profile."""
+    if not images:
+        raise InvalidChoice(NO_IMAGE)
+    previous = previous if isinstance(previous, Mapping) else {}
+    offered = {image.reference: image for image in images}
+    image = offered.get(str(previous.get("image")), default_of(images))
+    options = {"image": image.reference}
+    allowed = [profile.name for profile in profiles_for(image, profiles)]
+    if allowed:  # none: the check before start says what is wrong with the image
+        wanted = previous.get("profile")
+        options["profile"] = wanted if wanted in allowed else allowed[0]
+    return options
 
 
 def choose_profile(

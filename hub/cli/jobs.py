@@ -104,7 +104,7 @@ def submit(api: Api, command: tuple[str, ...], shell_command: str | None, env: t
     if tags:
         body["tags"] = list(tags)
     run = api.call("POST", "/runs", json=body)
-    click.echo(f"Run {run['id']} queued ({run['image']}).")
+    click.echo(f"Run {run['id']} queued ({run['image'] or 'no image: a local process'}).")
     if follow:
         sys.exit(_follow(api, run["id"]))
 
@@ -135,7 +135,7 @@ def list_runs(api: Api, status: tuple[str, ...], tag: str | None, definition: in
         exit_code = "" if run["exit_code"] is None else str(run["exit_code"])
         queued = run["queued_at"][:19].replace("T", " ")
         click.echo(f"{run['id']:>6}  {run['status']:<10} {run['attempt']:>3}  {exit_code:>4}  "
-                   f"{queued:<19}  {run['image']}  {run['reason']}".rstrip())
+                   f"{queued:<19}  {run['image'] or '(local)'}  {run['reason']}".rstrip())
 
 
 @jobs.command()

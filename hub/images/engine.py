@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +33,16 @@ class ImageFacts:
     created: str
 
 
+@dataclass(frozen=True)
+class LeftoverInspection:
+    """An inspection container a stopped worker left on the engine, now removed."""
+
+    container: str
+    image_id: int | None  # the catalog image it inspected
+    by_this_worker: bool  # else by another worker of the installation, long stopped
+    created: datetime | None  # when the inspection began
+
+
 class ImageEngine(Protocol):
     def facts(self, reference: str) -> ImageFacts | None:
         """The image's id, digest and size, or None when the engine has no such image."""
@@ -51,17 +62,24 @@ class ImageEngine(Protocol):
         labels: dict[str, str],
     ) -> str: ...
 
-    def inspect(self, reference: str) -> dict[str, Any]: ...
+    def inspect(self, reference: str, *, catalog_id: int | None = None) -> dict[str, Any]: ...
+
+    def remove_leftover_inspections(self, abandoned_after: timedelta) -> list[LeftoverInspection]:
+        """Remove the inspection containers that stopped workers of this installation left
+        (all of this worker's: it calls this as it starts) and say which they were."""
+        ...
 
     def running_notebook_images(self, name_prefix: str) -> dict[str, list[str]] | None: ...
 
 
-def image_engine(settings: Settings) -> ImageEngine:
-    """The engine images are registered on, built on and inspected on."""
+def image_engine(settings: Settings, *, namespace: str = "", worker: str = "") -> ImageEngine:
+    """The engine images are registered on, built on and inspected on; a worker names
+    itself and its installation's namespace, which its inspection containers carry."""
     from spawner.imageengine import DockerImageEngine
 
     return DockerImageEngine(
-        inspect_timeout=settings.image_inspect_timeout_seconds, build_ca=settings.build_ca
+        inspect_timeout=settings.image_inspect_timeout_seconds, build_ca=settings.build_ca,
+        namespace=namespace, worker=worker,
     )
 
 

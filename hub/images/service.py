@@ -30,7 +30,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from hub.db import write_sessions
 from hub.images.catalog import Use
 from hub.images.context import ContextRejected, check_image_directory
-from hub.images.engine import BuildFailed, EngineUnavailable, ImageEngine, image_engine
+from hub.images.engine import (
+    BuildFailed,
+    EngineUnavailable,
+    ImageEngine,
+    LeftoverInspection,
+    image_engine,
+)
 from hub.images.reference import InvalidReference, normalize_reference
 from hub.images.usage import ImageUsage
 from hub.models import Image, ImageEvent, ImageStatus, utcnow
@@ -188,7 +194,8 @@ def register_image(
         facts = engine.facts(reference)
     except EngineUnavailable as exc:
         raise ImageServiceError(
-            503, "No Docker engine", f"Cannot check that '{reference}' exists: {exc}."
+            503, "No Docker engine", f"Cannot check that '{reference}' exists: {exc}. "
+            "Without an engine, notebooks and jobs run as local processes and need no image."
         ) from None
     if facts is None:
         raise ImageServiceError(
@@ -575,12 +582,21 @@ class _Claim:
 
 
 class ImageWorkRunner:
-    """The worker's image builds and inspections, each in a thread of its own."""
+    """The worker's image builds and inspections, each in a thread of its own.
 
-    def __init__(self) -> None:
+    ``namespace`` and ``worker_name`` are the worker's (see hub.jobs.worker): its
+    inspection containers carry them, so that its next start finds what it left.
+    """
+
+    def __init__(self, *, namespace: str = "", worker_name: str = "") -> None:
         self.active: dict[int, threading.Thread] = {}
         self._last_heartbeat = 0.0
         self._lock = threading.Lock()
+        self.namespace = namespace
+        self.worker_name = worker_name
+
+    def engine(self, settings: Settings) -> ImageEngine:
+        return image_engine(settings, namespace=self.namespace, worker=self.worker_name)
 
     def tick(
         self,
@@ -605,7 +621,7 @@ class ImageWorkRunner:
                     break
                 thread = threading.Thread(
                     target=self._work,
-                    args=(sessions, settings, engine or image_engine(settings), claim),
+                    args=(sessions, settings, engine or self.engine(settings), claim),
                     name=f"image-{claim.work}-{claim.image_id}",
                     daemon=True,
                 )
@@ -621,6 +637,66 @@ class ImageWorkRunner:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             thread.join(remaining)
         return not any(t.is_alive() for t in self.active.values())
+
+    # -- after a restart -----------------------------------------------------------------
+    def reconcile(
+        self, sessions: sessionmaker[Session], settings: Settings,
+        engine: ImageEngine | None = None,
+    ) -> list[int]:
+        """At the worker's start: remove the inspection containers that stopped workers of
+        this installation left on the engine, and settle the images whose inspection this
+        worker's own stop cut short, at once rather than when their heartbeat goes stale
+        (``_give_up_abandoned`` settles other workers' abandoned work). Returns the ids of
+        the images settled."""
+        sessions = _locking(sessions)
+        try:
+            leftovers = (engine or self.engine(settings)).remove_leftover_inspections(
+                STALE_AFTER)
+        except EngineUnavailable as exc:
+            log.info("Image inspections: no engine to look for leftover containers on (%s)",
+                     exc)
+            return []
+        settled = []
+        for leftover in leftovers:
+            log.info("Removed inspection container %s, left by a stopped worker",
+                     leftover.container)
+            image_id = leftover.image_id
+            if leftover.by_this_worker and image_id is not None \
+                    and self._settle_cut_short(sessions, image_id, leftover):
+                settled.append(image_id)
+        return settled
+
+    def _settle_cut_short(self, sessions: sessionmaker[Session], image_id: int,
+                          leftover: LeftoverInspection) -> bool:
+        """An inspection of ours ended with our stop: inspect a registered image again
+        (nothing about it is lost), fail a build that was being inspected (its log says
+        how far it got; the admin builds again, as for any build a stopped worker left)."""
+        with sessions() as session:
+            image = session.get(Image, image_id)
+            if image is None or image.work_queued is not None:  # deleted, or queued anew
+                return False
+            why = f"the worker stopped during its inspection (container {leftover.container})"
+            if image.status == ImageStatus.BUILDING:
+                if image.build_started_at and leftover.created \
+                        and image.build_started_at > leftover.created:
+                    return False  # built again since, by another worker
+                image.status = ImageStatus.FAILED
+                image.status_detail = ("The worker stopped while inspecting the built image; "
+                                       "build again.")
+                image.build_finished_at = utcnow()
+                image.build_log = f"{image.build_log or ''}Build failed: {why}\n"
+                record(session, image, WORKER_ACTOR, "build failed", why)
+            elif image.status == ImageStatus.REGISTERED and image.inspected_at is None:
+                image.work_queued = WORK_INSPECT
+                image.work_queued_at = utcnow()
+                image.status_detail = ("Waiting for the worker to inspect it again (the "
+                                       "last inspection was cut short when the worker stopped).")
+                record(session, image, WORKER_ACTOR, "inspection interrupted",
+                       f"{why}; inspecting it again")
+            else:
+                return False
+            session.commit()
+        return True
 
     # -- claiming ----------------------------------------------------------------------
     def _claim_next(self, sessions: sessionmaker[Session]) -> _Claim | None:
@@ -708,6 +784,8 @@ class ImageWorkRunner:
                     image.work_queued = WORK_INSPECT
                     image.work_queued_at = utcnow()
                     image.status_detail = "Waiting for the worker to inspect it."
+                    record(session, image, WORKER_ACTOR, "inspection interrupted",
+                           "the worker inspecting it stopped; inspecting it again")
             session.commit()
 
     # -- doing the work ----------------------------------------------------------------
@@ -752,7 +830,7 @@ class ImageWorkRunner:
                 raise BuildFailed("the build finished but the engine has no such image")
             build_log.write(f"Built {claim.reference} ({facts.digest}). Inspecting it…\n")
             build_log.flush()
-            contents = _inspect_tolerantly(engine, claim.reference)
+            contents = _inspect_tolerantly(engine, claim.reference, claim.image_id)
             build_log.write(f"Inspected: {_inspection_line(contents)}\n")
         except (BuildFailed, EngineUnavailable) as exc:
             build_log.write(f"Build failed: {exc}\n")
@@ -787,7 +865,7 @@ class ImageWorkRunner:
         if facts is None:
             self._finish_failed(sessions, claim, "The image is no longer on the Docker engine.")
             return
-        contents = _inspect_tolerantly(engine, claim.reference)
+        contents = _inspect_tolerantly(engine, claim.reference, claim.image_id)
         with sessions() as session:
             image = session.get(Image, claim.image_id)
             if image is None:
@@ -824,9 +902,9 @@ def _locking(sessions: sessionmaker[Session]) -> sessionmaker[Session]:
     return sessions
 
 
-def _inspect_tolerantly(engine: ImageEngine, reference: str) -> dict[str, Any]:
+def _inspect_tolerantly(engine: ImageEngine, reference: str, image_id: int) -> dict[str, Any]:
     try:
-        return engine.inspect(reference)
+        return engine.inspect(reference, catalog_id=image_id)
     except BuildFailed as exc:
         return {"errors": [f"inspection failed: {exc}"]}
 

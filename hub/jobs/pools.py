@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 DEFAULT_POOL = "default"
 POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 PoolBackend = Literal["docker", "swarm", "ecs", "local"]
+#: Backends whose runs use no image.
+IMAGELESS_BACKENDS = frozenset({"local"})
 
 _COMMON = {"backend", "description", "users", "image_prefix", "images", "dockyard_url"}
 #: The options each kind of pool understands; any other option is a mistake worth naming.
@@ -221,6 +223,12 @@ class PoolPolicy:
 
     def usable_by(self, caller: Caller) -> list[PoolChoice]:
         return [pool for pool in self.pools if pool.usable_by(caller)]
+
+    def needs_image(self, name: str) -> bool:
+        """Whether runs in pool ``name`` need an image: all but local processes, which run
+        in Dockyard's own Python environment (as local notebooks do)."""
+        return not any(pool.name == name and pool.backend in IMAGELESS_BACKENDS
+                       for pool in self.pools)
 
     def problem(self, name: str, caller: Caller) -> str | None:
         """Why ``caller`` may not send a run to pool ``name`` (None: they may)."""

@@ -86,7 +86,9 @@ class JobFieldsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image: str | None = Field(None, min_length=1, max_length=255,
-                              description="An image from the catalog, enabled for jobs.")
+                              description="An image from the catalog, enabled for jobs. "
+                              "Unset: the jobs default image; in a local pool (no Docker "
+                              "engine) none, the run uses Dockyard's own Python environment.")
     command: Command | None = Field(
         None, description="An argv list (exec form) or a shell string, run by the "
         "container's /bin/sh -c.")
@@ -131,7 +133,6 @@ class DefinitionIn(JobFieldsIn):
 
     name: str = Field(..., pattern=DEFINITION_NAME, description="Unique among your definitions.")
     description: str = Field("", max_length=4000)
-    image: str = Field(..., min_length=1, max_length=255)
     command: Command = Field(...)
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from hub.images.catalog import ImageNotAllowed, resolve_image
+from hub.images.catalog import ImageNotAllowed, default_image, resolve_image, usable_images
 from hub.jobs.pools import DEFAULT_POOL
 from hub.jobs.schemas import DefinitionIn, FieldProblem, JobLimits, RunIn
 from hub.models import FINAL_STATES, JobDefinition, Run, RunEvent, RunState, RunTag
@@ -76,6 +76,29 @@ def _check_image(session: Session, reference: str | None) -> list[FieldProblem]:
     return []
 
 
+NO_JOB_IMAGE = ("no image is enabled for jobs yet: build Dockyard's own with 'make images' "
+                "(Dockyard adds it to the catalog when it next starts), or ask an admin to "
+                "add one")
+
+
+def _fill_in_image(session: Session, values: dict[str, Any], limits: JobLimits,
+                   asked: str) -> list[FieldProblem]:
+    """An empty image means: none in a local pool (its runs use Dockyard's own Python
+    environment, stored as ""), else the jobs default image."""
+    if values["image"]:
+        return _check_image(session, values["image"])
+    if not limits.pools.needs_image(values["pool"] or DEFAULT_POOL):
+        values["image"] = ""
+        return []
+    default = default_image(session, "jobs")
+    if default is not None:
+        values["image"] = default.reference
+        return []
+    if not usable_images(session, "jobs"):
+        return [FieldProblem("image", NO_JOB_IMAGE)]
+    return [FieldProblem("image", asked)]
+
+
 # -- definitions ---------------------------------------------------------------------------
 def list_definitions(session: Session, caller: Caller) -> list[JobDefinition]:
     query = select(JobDefinition).order_by(JobDefinition.name, JobDefinition.id)
@@ -107,7 +130,7 @@ def _definition_values(body: DefinitionIn, limits: JobLimits, session: Session,
     values["env"] = values["env"] or {}
     values["tags"] = values["tags"] or []
     values["max_retries"] = values["max_retries"] or 0
-    problems = limits.check(values) + _check_image(session, values["image"])
+    problems = limits.check(values) + _fill_in_image(session, values, limits, "choose an image")
     problems += _check_pool(limits, values["pool"], caller)
     if problems:
         raise InvalidJob(problems)
@@ -184,11 +207,10 @@ def create_run(session: Session, caller: Caller, body: RunIn, limits: JobLimits)
     if definition is not None and "env" in given:
         given["env"] = {**definition.env, **given["env"]}
     values.update(given)
-    if not values["image"]:
-        problems.append(FieldProblem("image", "choose an image (or a definition)"))
+    problems += _fill_in_image(session, values, limits, "choose an image (or a definition)")
     if not values["command"]:
         problems.append(FieldProblem("command", "give a command (or a definition)"))
-    problems += limits.check(values) + _check_image(session, values["image"])
+    problems += limits.check(values)
     problems += _check_pool(limits, values["pool"], caller)
     if problems:
         raise InvalidJob(problems)
@@ -229,13 +251,18 @@ def request_cancel(session: Session, caller: Caller, run_id: int) -> Run:
     return run
 
 
-def retry_run(session: Session, caller: Caller, run_id: int) -> Run:
+def retry_run(session: Session, caller: Caller, run_id: int,
+              limits: JobLimits | None = None) -> Run:
     """A new attempt of a run that has ended (the old one is kept)."""
     run = get_run(session, caller, run_id)
     if run.status not in FINAL_STATES:
         raise Conflict(f"run #{run.id} is still {run.status.value}; wait for it to end or "
                        "cancel it first")
     problems = _check_image(session, run.image)
+    if not run.image and limits is not None and limits.pools.needs_image(run.pool):
+        problems.append(FieldProblem("image", f"run #{run.id} ran as a local process, without "
+                                     f"an image, and pool '{run.pool}' now needs one; launch "
+                                     "it again with an image"))
     if problems:
         raise InvalidJob(problems)
     attempt = new_attempt(session, run, actor=caller.name,

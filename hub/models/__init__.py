@@ -11,7 +11,7 @@ from hub.models.catalog import (
     PointerAction,
     PointerHistory,
 )
-from hub.models.images import Image, ImageEvent, ImageStatus
+from hub.models.images import CuratedImageSeed, Image, ImageEvent, ImageStatus
 from hub.models.jobs import FINAL_STATES, JobDefinition, Run, RunEvent, RunState, RunTag
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "Batch",
     "BatchRead",
     "BatchState",
+    "CuratedImageSeed",
     "DataTable",
     "Image",
     "ImageEvent",

@@ -73,3 +73,19 @@ class ImageEvent(Base):
     at: Mapped[datetime] = mapped_column(default=utcnow)
 
     image: Mapped[Image] = relationship(back_populates="events")
+
+
+class CuratedImageSeed(Base):
+    """A curated image Dockyard has put in the catalog on its own, once per reference.
+
+    Kept apart from ``images`` (whose history goes with a deleted image) so that an image
+    an admin deleted or retired is never added again, and so that two processes starting
+    at once insert one row: the primary key decides which of them seeds.
+    """
+
+    __tablename__ = "curated_image_seeds"
+
+    reference: Mapped[str] = mapped_column(String(255), primary_key=True)
+    seeded_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # What happened: "registered", or "already in the catalog" (an admin was first).
+    outcome: Mapped[str] = mapped_column(String(40))

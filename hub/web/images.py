@@ -13,6 +13,7 @@ from flask import Blueprint, Response, redirect, render_template, request, url_f
 from pydantic import ValidationError
 
 from hub.db import transaction
+from hub.images.curated import curated_reference
 from hub.images.service import (
     ImageChanges,
     ImageServiceError,
@@ -90,7 +91,8 @@ def images_page() -> Any:
         return render_template("images/offered.html", images=offered_images(session))
     images = all_images(session)
     return render_template(
-        "images/list.html", images=images, usage=usage_for(session, images)
+        "images/list.html", images=images, usage=usage_for(session, images),
+        curated_image=curated_reference(settings()),
     )
 
 

@@ -26,7 +26,8 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from hub.db import write_sessions
-from hub.images.catalog import usable_images
+from hub.images.catalog import default_image, usable_images
+from hub.images.curated import curated_reference
 from hub.jobs import service
 from hub.jobs.logs import log_path, read_log
 from hub.jobs.schemas import DefinitionIn, FieldProblem, JobLimits, RunIn
@@ -278,13 +279,26 @@ def launch_form() -> Any:
     return _render_launch(values, {}, definition_id)
 
 
+def _job_form_choices() -> dict[str, Any]:
+    """What the image and pool fields offer the caller. Pools of local processes need no
+    image (their runs use Dockyard's own Python environment); when every pool is one, the
+    form says so instead of asking for an image."""
+    limits = _limits()
+    pools = limits.pools.usable_by(_caller())
+    imageless = [pool.name for pool in pools if not limits.pools.needs_image(pool.name)]
+    return {
+        "limits": limits, "pools": pools, "images": usable_images(db(), "jobs"),
+        "default_job_image": default_image(db(), "jobs"), "imageless_pools": imageless,
+        "only_local": bool(pools) and len(imageless) == len(pools),
+        "curated_image": curated_reference(settings()),
+    }
+
+
 def _render_launch(values: dict[str, str], errors: dict[str, str], definition_id: str,
                    status: int = 200) -> Any:
-    user = _caller()
     return render_template(
         "jobs/launch.html", values=values, errors=errors, definition_id=definition_id,
-        definitions=service.list_definitions(db(), user), images=usable_images(db(), "jobs"),
-        limits=_limits(), pools=_limits().pools.usable_by(user),
+        definitions=service.list_definitions(db(), _caller()), **_job_form_choices(),
     ), status
 
 
@@ -372,7 +386,7 @@ def cancel(run_id: int) -> Any:
 def retry(run_id: int) -> Any:
     with _found():
         try:
-            attempt = service.retry_run(write_db(), _caller(), run_id)
+            attempt = service.retry_run(write_db(), _caller(), run_id, _limits())
         except (Conflict, InvalidJob) as exc:
             flash(str(exc), "warning")
             return redirect(url_for("jobs.run_page", run_id=run_id), code=303)
@@ -400,8 +414,7 @@ def definition_page(definition_id: int) -> Any:
 def _definition_form(definition: JobDefinition | None, values: dict[str, str],
                      errors: dict[str, str], status: int = 200) -> Any:
     return render_template("jobs/definition_form.html", definition=definition, values=values,
-                           errors=errors, images=usable_images(db(), "jobs"),
-                           limits=_limits(), pools=_limits().pools.usable_by(_caller())), status
+                           errors=errors, **_job_form_choices()), status
 
 
 @bp.get("/definitions/new")

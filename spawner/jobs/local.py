@@ -51,7 +51,7 @@ class LocalJobBackend(JobBackend):
             if (state / "launched.json").exists():
                 return self.status(handle)  # already started for this run: never twice
         env = {
-            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "PATH": _path_with_our_python(),
             "LANG": "C.UTF-8",
             "HOME": str(state / "work"),
             **spec.env,
@@ -152,6 +152,16 @@ class LocalJobBackend(JobBackend):
         for handle, child in list(self._children.items()):
             if child.poll() is not None:
                 del self._children[handle]
+
+
+def _path_with_our_python() -> str:
+    """The worker's PATH with Dockyard's own Python environment first: a job's ``python``
+    is the interpreter local notebooks run (pandas, the data client …), whether or not the
+    virtualenv was activated."""
+    ours = str(Path(sys.executable).parent)
+    others = [part for part in os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+              .split(os.pathsep) if part and part != ours]
+    return os.pathsep.join([ours, *others])
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -61,3 +61,29 @@ def test_r_client_in_the_notebook_image(connect, live_url: str, migrated: Settin
     from_r = alice.load_dataframe("rside", "weather")
     assert from_r["city"].tolist() == ["Oslo", "Lima"] and from_r["temp"].tolist() == [3.5, 19]
     assert [h["actor"] for h in alice.history("rside", "weather")] == ["alice"] * 3
+
+
+QUIET_SCRIPT = r"""
+suppressMessages(library(dockyard))
+cat("WRITES-START\n")
+dy_writer(data.frame(x = 1:3), "quiet", "writes")
+dy_writer(data.frame(x = 4:6), "quiet", "writes", partitions = NULL)
+dy_rollback("quiet", "writes")
+cat("WRITES-END\n")
+kept <- dy_writer(data.frame(x = 7L), "quiet", "writes")
+stopifnot(nchar(kept$batch_id) > 0, identical(kept$previous_batch_id, NULL) == FALSE)
+dy_history("quiet", "writes")
+"""
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(600)
+def test_r_writers_return_invisibly_and_readers_visibly(live_url: str, migrated: Settings) -> None:
+    require_image(NOTEBOOK_IMAGE)
+    result = run_in_notebook_image(QUIET_SCRIPT, program=["Rscript", "-e"], live_url=live_url,
+                                   token="tok-alice", data_dir=migrated.data_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    writes = result.stdout.split("WRITES-START\n", 1)[1].split("WRITES-END\n", 1)
+    assert writes[0] == "", f"dy_writer()/dy_rollback() printed:\n{writes[0][:2000]}"
+    # The value is there when kept, and a reader's result prints at top level.
+    assert "batch_id" in writes[1] and "rollback" in writes[1], writes[1]

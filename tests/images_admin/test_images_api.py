@@ -30,6 +30,8 @@ def _tagged(docker_engine: Any, source: str, reference: str) -> str:
 
 def _job_form_images(client: FlaskClient, token: dict[str, str]) -> list[str]:
     html = client.get("/jobs/new", headers=token).get_data(as_text=True)
+    if 'id="image-missing-note"' in html:  # no image to offer: the form says how to get one
+        return []
     select_html = html.split('id="image"', 1)[1].split("</select>", 1)[0]
     return re.findall(r'<option value="([^"]+)"', select_html)
 

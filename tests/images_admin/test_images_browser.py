@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.hub, pytest.mark.docker]
 
 
 def _log_in(page: Any, hub: RunningHub, name: str, password: str) -> None:
-    page.goto(hub.url + "/hub/login")
+    page.goto(hub.url + "/hub/login?next=%2Fhub%2Fhome")  # no notebook server
     page.fill("#username_input", name)
     page.fill("#password_input", password)
     page.click("#login_submit")

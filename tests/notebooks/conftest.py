@@ -28,6 +28,8 @@ from tests.support.requirements import require_image
 from tests.support.swarm import swarm_active
 
 TEST_IMAGE = "dockyard/test:latest"
+# Lets a test hold a spawn just before start() (see the file).
+SPAWN_GATE_CONFIG = Path(__file__).with_name("spawn_gate.py")
 # Small profiles: the limits are checked on the container, nothing needs the memory.
 PROFILES = [
     {"name": "small", "description": "Small: 512 MB, half a CPU", "memory": "512M",
@@ -149,7 +151,7 @@ def running_notebook_hub(home: Path, prefix: str, **env: str) -> Iterator[Notebo
             DOCKYARD_SPAWNER=env.pop("DOCKYARD_SPAWNER", "docker"),
             DOCKYARD_NOTEBOOK_IMAGE=TEST_IMAGE,
             DOCKYARD_DOCKER_NAME_PREFIX=prefix,
-            DOCKYARD_NOTEBOOK_PROFILES=json.dumps(PROFILES),
+            DOCKYARD_NOTEBOOK_PROFILES=env.pop("DOCKYARD_NOTEBOOK_PROFILES", json.dumps(PROFILES)),
             **env,
         )
         notebooks = NotebookHub(hub, prefix, engine)
@@ -167,5 +169,6 @@ def notebook_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NotebookH
     """One Dockyard with Docker notebooks for this package's tests."""
     with running_notebook_hub(tmp_path_factory.mktemp("notebooks"),
                               "dynb" + secrets.token_hex(3),
-                              DOCKYARD_NAMED_SERVERS="1") as notebooks:
+                              DOCKYARD_NAMED_SERVERS="1",
+                              DOCKYARD_HUB_EXTRA_CONFIG=str(SPAWN_GATE_CONFIG)) as notebooks:
         yield notebooks

@@ -35,7 +35,7 @@ def test_start_a_notebook_and_run_a_cell(notebook_hub: NotebookHub, page: Any) -
     notebook_hub.user("olga")
     hub_url = notebook_hub.hub.url
     page.set_default_timeout(60_000)
-    page.goto(hub_url + "/hub/login")
+    page.goto(hub_url + "/hub/login?next=%2Fhub%2Fhome")  # the form, not a one-click start
     page.fill("#username_input", "olga")
     page.fill("#password_input", "user-pass-2024!")
     page.click("#login_submit")
@@ -76,3 +76,77 @@ def test_start_a_notebook_and_run_a_cell(notebook_hub: NotebookHub, page: Any) -
     assert output.inner_text().strip() == env["DOCKYARD_URL"]
     assert container.attrs["HostConfig"]["Memory"] == 1024**3  # the profile chosen
     notebook_hub.stop("olga")
+
+
+def sign_in(page: Any, hub_url: str, name: str) -> None:
+    """What a person does: open the site, type, click Sign in (the one click)."""
+    page.goto(hub_url + "/")
+    page.wait_for_url("**/hub/login**")
+    page.fill("#username_input", name)
+    page.fill("#password_input", "user-pass-2024!")
+    page.click("#login_submit")
+
+
+def test_one_click_from_sign_in_to_jupyterlab(notebook_hub: NotebookHub, page: Any) -> None:
+    notebook_hub.user("quinn")
+    hub_url = notebook_hub.hub.url
+    page.set_default_timeout(60_000)
+    visited: list[str] = []
+    page.on("framenavigated",
+            lambda frame: visited.append(frame.url) if frame == page.main_frame else None)
+
+    sign_in(page, hub_url, "quinn")
+    page.wait_for_url("**/user/quinn/lab**", timeout=180_000)
+    assert any("/hub/spawn-pending/quinn" in url for url in visited), visited  # progress shown
+    container = notebook_hub.container("quinn")
+    assert container.attrs["Config"]["Image"] == TEST_IMAGE  # the catalog's default
+    assert container.attrs["HostConfig"]["Memory"] == 512 * 1024**2  # the first profile
+
+    # Signed in again while it runs: straight to it, nothing else started.
+    page.context.clear_cookies()
+    sign_in(page, hub_url, "quinn")
+    page.wait_for_url("**/user/quinn/lab**", timeout=60_000)
+    assert notebook_hub.container("quinn").id == container.id
+    notebook_hub.stop("quinn")
+
+
+def test_another_choice_is_one_click_away_and_remembered(
+    notebook_hub: NotebookHub, page: Any
+) -> None:
+    notebook_hub.user("rhea")
+    hub_url = notebook_hub.hub.url
+    page.set_default_timeout(60_000)
+    gates = notebook_hub.hub.home / "spawn-gates"
+    gates.mkdir(exist_ok=True)
+    gate = gates / "rhea"
+    gate.touch()  # the start waits on the progress page until the gate goes
+    try:
+        sign_in(page, hub_url, "rhea")
+        page.wait_for_url("**/hub/spawn-pending/rhea**")
+        choice = page.locator("#dockyard-starting-choice").inner_text()
+        assert TEST_IMAGE in choice and "small" in choice
+        page.click("#dockyard-choose-other")
+        page.wait_for_url("**/hub/spawn/rhea")
+    finally:
+        gate.unlink(missing_ok=True)
+    assert notebook_hub.server_model("rhea") is None  # the held start was stopped
+    assert page.locator("#dockyard-spawn-heading").is_visible()
+    page.locator('#dockyard-profiles input[value="large"]').check()
+    page.get_by_role("button", name="Start").click()
+    page.wait_for_url("**/user/rhea/lab**", timeout=180_000)
+    assert notebook_hub.container("rhea").attrs["HostConfig"]["Memory"] == 1024**3
+    notebook_hub.stop("rhea")
+
+    # The home page's start and the next sign-in both start the last choice at once; the
+    # form is the link under the start button.
+    page.goto(hub_url + "/hub/home")
+    assert page.locator("#dockyard-choose").get_attribute("href") == "/hub/spawn/rhea"
+    page.click("#start")
+    page.wait_for_url("**/user/rhea/lab**", timeout=180_000)
+    assert notebook_hub.container("rhea").attrs["HostConfig"]["Memory"] == 1024**3
+    notebook_hub.stop("rhea")
+    page.context.clear_cookies()
+    sign_in(page, hub_url, "rhea")
+    page.wait_for_url("**/user/rhea/lab**", timeout=180_000)
+    assert notebook_hub.container("rhea").attrs["HostConfig"]["Memory"] == 1024**3
+    notebook_hub.stop("rhea")

@@ -7,10 +7,13 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import requests
+from docker.errors import NotFound
 
 from hub.models import ImageStatus
 from tests.notebooks.conftest import TEST_IMAGE, NotebookHub
@@ -81,46 +84,131 @@ def test_each_user_gets_an_unprivileged_limited_container_with_own_home(
     assert list((notebook_hub.hub.home / "data" / "nbtest" / "numbers").iterdir())
 
 
+# Put in carol's home by the test: while the gate file exists, her next server waits
+# before it listens, so the spawn stays at "waiting for Jupyter to answer".
+HOLD_JUPYTER = """\
+import os, time
+if os.path.exists("/home/jovyan/.hold-start"):
+    open("/home/jovyan/.holding", "w").close()
+    while os.path.exists("/home/jovyan/.hold-start"):
+        time.sleep(0.05)
+"""
+WRITE_FILE = ("import pathlib, sys; path = pathlib.Path(sys.argv[1]); "
+              "path.parent.mkdir(parents=True, exist_ok=True); path.write_text(sys.argv[2])")
+WAITING = re.compile(r"Waiting for Jupyter to answer \(\d+ s\)")
+
+
+def every_step(user: str, profile: str) -> list[str]:
+    """What the progress stream of a start says, the periodic waiting notes left out."""
+    return [
+        "Server requested",
+        f"Preparing {TEST_IMAGE} ({profile}) and storage",
+        "Creating the container",
+        "Container started; waiting for Jupyter to answer",
+        "Jupyter answered",
+        f"Server ready at /user/{user}/",
+    ]
+
+
 def test_home_survives_stop_and_start(notebook_hub: NotebookHub) -> None:
     notebook_hub.start("carol")
     first = notebook_hub.container("carol")
     assert notebook_hub.run_in(first, "sh", "-c", "echo kept > /home/jovyan/note.txt")[0] == 0
+    config = "/home/jovyan/.jupyter/jupyter_server_config.py"
+    assert notebook_hub.run_in(first, "python3", "-c", WRITE_FILE, config, HOLD_JUPYTER)[0] == 0
+    assert notebook_hub.run_in(first, "touch", "/home/jovyan/.hold-start")[0] == 0
     notebook_hub.stop("carol")
     with pytest.raises(Exception, match="No such container|404"):
         notebook_hub.container("carol")  # the container went; the volume stays
 
-    # Start again, watching the progress stream the spawn page shows.
+    # Start again and open the progress stream late on purpose, as a person opening the
+    # spawn page late does: the container is made and started (held by the file in the
+    # kept home) before the stream opens; the stream still tells every step.
     with ThreadPoolExecutor(1) as background:
         spawned = background.submit(notebook_hub.spawn, "carol", {"profile": "large"})
-        messages = progress_messages(notebook_hub, "carol")
+        second = wait_until_held(notebook_hub, "carol")
+        messages = []
+        for event in progress_events(notebook_hub, "carol"):
+            messages.append(event["message"])
+            if len(messages) == 1:  # the stream is open: let the server answer
+                notebook_hub.run_in(second, "rm", "/home/jovyan/.hold-start")
         assert spawned.result().status_code in (201, 202)
     notebook_hub.wait_ready("carol")
-    assert "Creating the container" in messages
-    assert "Container started; waiting for Jupyter to answer" in messages
-    assert messages[-1].startswith("Server ready")
-    second = notebook_hub.container("carol")
+    assert [m for m in messages if not WAITING.fullmatch(m)] == every_step(
+        "carol", "Large: 1 GB, 1 CPU")
     assert second.id != first.id
     assert notebook_hub.run_in(second, "cat", "/home/jovyan/note.txt") == (0, "kept")
+    second.reload()
     assert second.attrs["HostConfig"]["Memory"] == 1024**3  # the new choice applies
     notebook_hub.stop("carol")
 
 
-def progress_messages(notebook_hub: NotebookHub, user: str) -> list[str]:
-    """Messages of the progress event stream of ``user``'s spawn, until it is ready."""
-    deadline = time.monotonic() + 10
-    while notebook_hub.server_model(user) is None:  # the spawn request has not landed yet
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+def test_progress_opened_before_the_start_tells_every_step(notebook_hub: NotebookHub) -> None:
+    """A spawn page opened while the hub still prepares the start (options, hooks: the
+    spawn already counts as pending) follows the start instead of jumping to its end."""
+    gates = notebook_hub.hub.home / "spawn-gates"
+    gates.mkdir(exist_ok=True)
+    gate = gates / "rita"
+    gate.touch()
+    notebook_hub.user("rita")
+    try:
+        with ThreadPoolExecutor(1) as background:
+            spawned = background.submit(notebook_hub.spawn, "rita")
+            wait_for(lambda: (gates / "rita.held").exists(), "the spawn to reach the gate")
+            messages = []
+            for event in progress_events(notebook_hub, "rita"):
+                messages.append(event["message"])
+                if len(messages) == 1:  # the stream is open: let start() begin
+                    gate.unlink()
+            assert spawned.result().status_code in (201, 202)
+    finally:
+        gate.unlink(missing_ok=True)
+    notebook_hub.wait_ready("rita")
+    assert [m for m in messages if not WAITING.fullmatch(m)] == every_step(
+        "rita", "Small: 512 MB, half a CPU")
+    notebook_hub.stop("rita")
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout:g} s for {what}"
+        time.sleep(0.1)
+
+
+def wait_until_held(notebook_hub: NotebookHub, user: str) -> Any:
+    """``user``'s new container, once its server waits at the gate in its home."""
+    found: list[Any] = []
+
+    def held() -> bool:
+        try:
+            container = notebook_hub.container(user)
+        except NotFound:
+            return False
+        if container.status != "running":
+            return False
+        if notebook_hub.run_in(container, "test", "-e", "/home/jovyan/.holding")[0] != 0:
+            return False
+        found.append(container)
+        return True
+
+    wait_for(held, f"{user}'s server to wait at the gate")
+    return found[0]
+
+
+def progress_events(notebook_hub: NotebookHub, user: str) -> Iterator[dict[str, Any]]:
+    """The events of the progress stream of ``user``'s pending spawn as they arrive,
+    until it is ready or failed."""
     response = notebook_hub.api("GET", f"/users/{user}/server/progress",
                                 notebook_hub.user(user), stream=True)
-    messages = []
-    for line in response.iter_lines(decode_unicode=True):
-        if line and line.startswith("data:"):
-            event = json.loads(line[5:])
-            messages.append(event.get("message", ""))
-            if event.get("ready") or event.get("failed"):
-                break
-    return messages
+    assert response.status_code == 200, response.text
+    with response:
+        for line in response.iter_lines(decode_unicode=True):
+            if line and line.startswith("data:"):
+                event = json.loads(line[5:])
+                yield event
+                if event.get("ready") or event.get("failed"):
+                    return
 
 
 def test_a_user_cannot_reach_another_users_server(notebook_hub: NotebookHub) -> None:

@@ -13,6 +13,8 @@ from tests.support.hubproc import RunningHub
 
 pytestmark = pytest.mark.hub
 
+WELCOME = Path(__file__).resolve().parents[2] / "images" / "notebook" / "welcome" / "Welcome.ipynb"
+
 
 def test_local_notebooks_are_labelled_and_wired_like_containers(running_hub: RunningHub) -> None:
     session = running_hub.create_user("nblocal")
@@ -45,3 +47,32 @@ def test_local_notebooks_are_labelled_and_wired_like_containers(running_hub: Run
         assert whoami.status_code == 200 and whoami.json()["name"] == "nblocal"
     finally:
         requests.delete(f"{api}/server", headers=headers, timeout=60)
+
+
+def test_sign_in_starts_a_local_server_which_gets_the_welcome_notebook(
+    running_hub: RunningHub,
+) -> None:
+    running_hub.create_user("nbwelcome")
+    admin = {"Authorization": f"token {running_hub.hub_token(running_hub.login(), 'admin')}"}
+    api = f"{running_hub.url}/hub/api/users/nbwelcome"
+    try:
+        # Opening the site and signing in is the one click: without containers there is
+        # no choice to make, so the plain spawn page starts the server.
+        landed = running_hub.post_login(requests.Session(), "nbwelcome", "user-pass-2024!",
+                                        next_url=None)
+        assert landed.history[0].headers["Location"] == "/hub/spawn"
+        assert "/hub/spawn-pending/nbwelcome" in landed.history[1].headers["Location"]
+        deadline = time.monotonic() + 120
+        while not (requests.get(api, headers=admin, timeout=30).json()["servers"]
+                   .get("", {}).get("ready")):
+            assert time.monotonic() < deadline, running_hub.log_tail()
+            time.sleep(0.3)
+        home = running_hub.home / "users" / "nbwelcome"
+        assert (home / "Welcome.ipynb").read_bytes() == WELCOME.read_bytes()
+        assert (home / ".dockyard" / "welcome-given").exists()
+    finally:
+        requests.delete(f"{api}/server", headers=admin, timeout=60)
+        deadline = time.monotonic() + 60
+        while requests.get(api, headers=admin, timeout=30).json()["servers"]:
+            assert time.monotonic() < deadline, "the local server did not stop"
+            time.sleep(0.3)

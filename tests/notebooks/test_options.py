@@ -10,7 +10,9 @@ from hub.notebooks import NotebookImage
 from hub.settings import DEFAULT_NOTEBOOK_PROFILES, NotebookProfile
 from spawner.options import (
     InvalidChoice,
+    asks_for_last_choice,
     choose_profile,
+    last_choice,
     memory_bytes,
     options_from_form,
     render_form,
@@ -87,6 +89,40 @@ def test_form_remembers_the_last_choice() -> None:
     assert 'value="team/spark:1" checked' in html and 'value="large" checked' in html
     stale = render_form([TEAM], DEFAULT_NOTEBOOK_PROFILES, previous={"image": "gone/img:1"})
     assert 'value="team/nb:1" checked' in stale
+
+
+@pytest.mark.parametrize(
+    ("previous", "started"),
+    [
+        (None, {"image": "team/nb:1", "profile": "small"}),  # first start: the defaults
+        ({"image": "team/spark:1", "profile": "large"}, {"image": "team/spark:1",
+                                                         "profile": "large"}),
+        ({"image": "team/nb:1", "profile": "large"}, {"image": "team/nb:1", "profile": "large"}),
+        # The image is no longer offered: the default, keeping a profile it allows.
+        ({"image": "gone/img:1", "profile": "large"}, {"image": "team/nb:1", "profile": "large"}),
+        # The profile is not allowed with the image (or no longer exists): its first.
+        ({"image": "team/spark:1", "profile": "small"}, {"image": "team/spark:1",
+                                                         "profile": "large"}),
+        ({"image": "team/nb:1", "profile": "huge"}, {"image": "team/nb:1", "profile": "small"}),
+        ({"image": ["not", "a", "string"]}, {"image": "team/nb:1", "profile": "small"}),
+    ],
+)
+def test_one_click_starts_the_last_choice_while_it_is_offered(
+    previous: dict | None, started: dict
+) -> None:
+    assert last_choice(previous, [SPARK, TEAM], DEFAULT_NOTEBOOK_PROFILES) == started
+
+
+def test_one_click_with_nothing_on_offer_is_explained() -> None:
+    with pytest.raises(InvalidChoice, match="no image is enabled for notebooks"):
+        last_choice({"image": "team/nb:1"}, [], DEFAULT_NOTEBOOK_PROFILES)
+
+
+def test_the_one_click_query_asks_for_nothing_else() -> None:
+    assert asks_for_last_choice({"choice": ["last"]})
+    assert not asks_for_last_choice({"choice": ["last"], "image": ["team/nb:1"]})
+    assert not asks_for_last_choice({"choice": ["first"]})
+    assert not asks_for_last_choice({"image": ["team/nb:1"], "profile": ["small"]})
 
 
 def test_memory_sizes() -> None:

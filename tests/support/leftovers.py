@@ -107,12 +107,15 @@ def engine_snapshot(engine: object) -> EngineSnapshot:
 
 
 def _engine_objects(engine: object) -> tuple[set[str], set[str], set[str], set[str]]:
-    containers = {c.name for c in engine.containers.list(all=True)}  # type: ignore[attr-defined]
-    networks = {n.name for n in engine.networks.list()}  # type: ignore[attr-defined]
-    volumes = {v.name for v in engine.volumes.list()}  # type: ignore[attr-defined]
+    # The list endpoints only: inspecting each object would race with tests that are
+    # removing theirs at this moment.
+    api = engine.api  # type: ignore[attr-defined]
+    containers = {name.lstrip("/") for c in api.containers(all=True) for name in c["Names"][:1]}
+    networks = {n["Name"] for n in api.networks()}
+    volumes = {v["Name"] for v in api.volumes().get("Volumes") or []}
     services: set[str] = set()
-    if engine.info().get("Swarm", {}).get("LocalNodeState") == "active":  # type: ignore[attr-defined]
-        services = {s.name for s in engine.services.list()}  # type: ignore[attr-defined]
+    if api.info().get("Swarm", {}).get("LocalNodeState") == "active":
+        services = {s["Spec"]["Name"] for s in api.services()}
     return containers, networks, volumes, services
 
 

@@ -21,14 +21,17 @@ from hub.web.context import db, settings
 from hub.web.errors import ApiError
 from hub.web.jobs import write_db
 
-
 # -- what the API returns ------------------------------------------------------------------
+NO_IMAGE_MEANS = ("null: no image; the run is a local process in Dockyard's own Python "
+                  "environment (a local pool, on a machine without Docker).")
+
+
 class RunOut(BaseModel):
     id: int
     definition_id: int | None
     definition_name: str | None
     owner: str
-    image: str
+    image: str | None = Field(description=NO_IMAGE_MEANS)
     command: Command
     cpu: float
     memory_mb: int
@@ -59,7 +62,7 @@ class RunOut(BaseModel):
         return cls(
             id=run.id, definition_id=run.definition_id,
             definition_name=run.definition.name if run.definition else None, owner=run.owner,
-            image=run.image, command=run.command, cpu=run.cpu, memory_mb=run.memory_mb,
+            image=run.image or None, command=run.command, cpu=run.cpu, memory_mb=run.memory_mb,
             gpu=run.gpu, env=run.env, tags=[t.tag for t in run.tags],
             timeout_seconds=run.timeout_seconds, max_retries=run.max_retries,
             attempt=run.attempt, retry_of_id=run.retry_of_id, backend=run.backend,
@@ -90,7 +93,7 @@ class DefinitionOut(BaseModel):
     owner: str
     name: str
     description: str
-    image: str
+    image: str | None = Field(description=NO_IMAGE_MEANS)
     command: Command
     cpu: float
     memory_mb: int
@@ -102,6 +105,11 @@ class DefinitionOut(BaseModel):
     pool: str
     created_at: datetime
     updated_at: datetime
+
+    @field_validator("image", mode="before")
+    @classmethod
+    def _none_for_no_image(cls, value: str | None) -> str | None:
+        return value or None
 
     @classmethod
     def of(cls, definition: JobDefinition) -> DefinitionOut:
@@ -308,7 +316,7 @@ def cancel_run(run_id: int) -> RunOut:
 def retry_run(run_id: int) -> RunOut:
     """Queue a new attempt of a run that has ended; the old attempt is kept."""
     with service_errors():
-        return RunOut.of(service.retry_run(write_db(), _caller(), run_id))
+        return RunOut.of(service.retry_run(write_db(), _caller(), run_id, _limits()))
 
 
 @route("/runs/<int:run_id>/events", tag="jobs", response=EventListOut)

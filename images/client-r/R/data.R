@@ -70,7 +70,8 @@
 #' @param partitions the partition, a named list such as list(date = "20161031"); NULL
 #'   for an unpartitioned table
 #' @param evolve allow new nullable columns
-#' @return the committed batch, as a list
+#' @return the committed batch, as a list, invisibly (a write is done for its effect;
+#'   keep the result to see batch_id and previous_batch_id)
 dy_writer <- function(data, namespace, resource, partitions = NULL, evolve = FALSE,
                       config = dy_config()) {
   if (!is.data.frame(data)) {
@@ -84,7 +85,7 @@ dy_writer <- function(data, namespace, resource, partitions = NULL, evolve = FAL
     batch <- .dy_python(client$store_dataframe(frame, namespace, resource,
                                                partition = reticulate::dict(partition),
                                                evolve = evolve))
-    return(reticulate::py_to_r(batch))
+    return(invisible(reticulate::py_to_r(batch)))
   }
   for (key in names(partition)) {
     if (key %in% names(data)) {
@@ -115,7 +116,7 @@ dy_writer <- function(data, namespace, resource, partitions = NULL, evolve = FAL
                      list(evolve = evolve))
   batch <- result$batch
   batch$previous_batch_id <- result$previous_batch_id
-  batch
+  invisible(batch)
 }
 
 #' Load committed data as a data.frame.
@@ -233,12 +234,13 @@ dy_history <- function(namespace, resource, partition = NULL, limit = 1000,
 }
 
 #' Point a partition back at an earlier batch: to_batch, or by default the batch
-#' committed before the current one. Nothing is deleted.
+#' committed before the current one. Nothing is deleted. Returns the pointer change
+#' (action, batch_id, previous batch) invisibly.
 dy_rollback <- function(namespace, resource, partition = NULL, to_batch = NULL,
                         config = dy_config()) {
   body <- list(partition = .dy_partition(partition))
   if (!is.null(to_batch)) body$to_batch <- to_batch
-  .dy_call(config, "POST", .dy_path(namespace, resource, "rollback"), body)
+  invisible(.dy_call(config, "POST", .dy_path(namespace, resource, "rollback"), body))
 }
 
 #' Tables of the catalog (optionally of one namespace), as a data.frame.
