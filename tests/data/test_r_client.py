@@ -67,11 +67,11 @@ QUIET_SCRIPT = r"""
 suppressMessages(library(dockyard))
 cat("WRITES-START\n")
 dy_writer(data.frame(x = 1:3), "quiet", "writes")
-dy_writer(data.frame(x = 4:6), "quiet", "writes", partitions = NULL)
+dy_writer(data.frame(x = 4:6), "quiet", "writes")
 dy_rollback("quiet", "writes")
 cat("WRITES-END\n")
 kept <- dy_writer(data.frame(x = 7L), "quiet", "writes")
-stopifnot(nchar(kept$batch_id) > 0, identical(kept$previous_batch_id, NULL) == FALSE)
+stopifnot(nchar(kept$batch_id) > 0, !is.null(kept$previous_batch_id))
 dy_history("quiet", "writes")
 """
 
