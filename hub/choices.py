@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from hub.settings import Settings
+from hub.settings import ENV_PREFIX, Settings, SettingsError
 from spawner.engine import EngineCheck, check_docker, image_present
 
 
@@ -58,3 +60,31 @@ def choose_runtime(settings: Settings, engine: EngineCheck | None = None) -> Run
     else:
         notes.append(f"Jobs: {job_backend} (DOCKYARD_JOB_BACKEND={job_backend}).")
     return RuntimeChoice(spawner, job_backend, settings.notebook_image, tuple(notes))
+
+
+@contextmanager
+def engine_problems_explained(settings: Settings) -> Iterator[None]:
+    """Docker engine errors met while starting up become one line naming the setting to
+    look at (the engine answered when the runtime was chosen), never a traceback."""
+    import docker.errors
+    from requests.exceptions import RequestException
+
+    try:
+        yield
+    except (docker.errors.DockerException, RequestException) as exc:
+        raise _engine_problem(exc, settings) from None
+
+
+def _engine_problem(exc: Exception, settings: Settings) -> SettingsError:
+    import docker.errors
+
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, docker.errors.NotFound):
+        return SettingsError(
+            f"{ENV_PREFIX}DOCKER_NETWORK: the Docker engine has no network "
+            f"'{settings.docker_network}' ({reason}); create it or choose another"
+        )
+    return SettingsError(
+        f"{ENV_PREFIX}SPAWNER: the Docker engine stopped answering during start-up "
+        f"({reason}); start it again, or set {ENV_PREFIX}SPAWNER=local"
+    )

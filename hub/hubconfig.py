@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from hub.choices import RuntimeChoice
+from hub.choices import RuntimeChoice, engine_problems_explained
 from hub.jupyterhub.landing import landing_url
-from hub.settings import ENV_PREFIX, Settings, SettingsError
+from hub.settings import ENV_PREFIX, Settings
 from spawner.environment import web_bind_address
 from spawner.options import LAST_CHOICE_QUERY
 
@@ -66,19 +66,10 @@ def configure_hub(
     repo: Path,
     environ: dict[str, str],
 ) -> None:
-    """Configure JupyterHub; a Docker engine that stopped answering since the runtime was
+    """Configure JupyterHub. A Docker engine that stopped answering since the runtime was
     chosen is a SettingsError (one line for the console), not a traceback."""
-    from docker.errors import DockerException
-    from requests.exceptions import RequestException
-
-    try:
+    with engine_problems_explained(settings):
         _configure_hub(c, settings, runtime, python=python, repo=repo, environ=environ)
-    except (DockerException, RequestException) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SettingsError(
-            f"{ENV_PREFIX}SPAWNER: the Docker engine stopped answering during start-up "
-            f"({reason}); start it again, or set {ENV_PREFIX}SPAWNER=local"
-        ) from None
 
 
 def _configure_hub(

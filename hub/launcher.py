@@ -13,9 +13,9 @@ from pathlib import Path
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from hub.choices import RuntimeChoice, choose_runtime
+from hub.choices import RuntimeChoice, choose_runtime, engine_problems_explained
 from hub.installation import INSTALLATION_FILE, ensure_installation
-from hub.processes import supervise
+from hub.processes import die_with_parent, supervise
 from hub.settings import ENV_PREFIX, Settings, SettingsError
 from spawner.environment import LOOPBACK, container_gateway, web_bind_address
 
@@ -106,7 +106,8 @@ def run_up(settings: Settings) -> int:
     settings = with_installation_values(settings)
     migrate_or_explain(settings)
     runtime = choose_runtime(settings)
-    check_ports_free(settings, runtime)
+    with engine_problems_explained(settings):
+        check_ports_free(settings, runtime)
 
     env = dict(os.environ)
     env[f"{ENV_PREFIX}HOME"] = str(settings.home)
@@ -134,11 +135,12 @@ def run_up(settings: Settings) -> int:
     sys.stdout.flush()
 
     # The hub gets a session of its own, so that a Ctrl-C in the terminal reaches only us:
-    # we stop the hub and its services together, once, and within STOP_SECONDS.
+    # we stop the hub and its services together, once, in under 3 seconds.
     hub = subprocess.Popen(
         [sys.executable, "-m", "jupyterhub", "-f", str(HUB_CONFIG)],
         cwd=settings.home,
         env=env,
         start_new_session=True,
+        preexec_fn=die_with_parent,
     )
     return supervise(hub, proxy_pid_file=settings.home / "jupyterhub-proxy.pid")

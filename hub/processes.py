@@ -5,25 +5,32 @@ session of its own, and on shutdown stops the services one after the other, each
 SIGINT and then up to 10 + 5 + 5 seconds before SIGKILL. So a slow service makes Ctrl-C
 take half a minute, and a hub that is killed leaves its proxy and services running. The
 supervisor here stops the hub and its services together, kills whatever is left after
-``STOP_SECONDS``, and cleans up after a hub that died. Notebook servers are left running,
-as documented: the hub adopts them again at its next start.
+``HUB_GRACE_SECONDS`` (the whole stop stays under 3 seconds), and cleans up after a hub
+that died. Notebook servers are left running, as documented: the hub adopts them again at
+its next start. So are local-process jobs, which run in sessions of their own so that they
+outlive a worker restart, as job containers do.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
 
-# What a person waits after Ctrl-C, all included.
-STOP_SECONDS = 3.0
-# The hub's own clean shutdown gets this long before anything is killed.
-_HUB_GRACE_SECONDS = 1.2
+# The hub's own clean shutdown gets this long before anything is killed; with what comes
+# after, a person waits under 3 seconds after Ctrl-C, even on a busy machine.
+HUB_GRACE_SECONDS = 1.2
 _LOOK_EVERY_SECONDS = 1.0
+_PR_SET_PDEATHSIG = 1
+# Ctrl-C, `kill`, and a terminal or ssh session that closes.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def is_notebook_server(process: psutil.Process) -> bool:
@@ -42,11 +49,11 @@ def is_proxy(process: psutil.Process) -> bool:
 
 
 def managed_processes(root_pid: int) -> list[psutil.Process]:
-    """The hub's proxy and services (with their own children): all its descendants
-    except notebook servers and what those started."""
+    """The hub's proxy and services with the processes of their own sessions (gunicorn's
+    workers): not notebook servers, and not what a service started in a session of its
+    own (local-process jobs, which outlive a worker restart)."""
     try:
-        root = psutil.Process(root_pid)
-        children = root.children()
+        children = psutil.Process(root_pid).children()
     except psutil.Error:
         return []
     found: list[psutil.Process] = []
@@ -55,10 +62,20 @@ def managed_processes(root_pid: int) -> list[psutil.Process]:
             continue
         found.append(child)
         try:
-            found.extend(child.children(recursive=True))
-        except psutil.Error:
+            session = os.getsid(child.pid)
+            found.extend(d for d in child.children(recursive=True)
+                         if os.getsid(d.pid) == session)
+        except (psutil.Error, ProcessLookupError):
             pass
     return found
+
+
+def die_with_parent() -> None:
+    """For ``preexec_fn``: SIGTERM when the process that started us dies (Linux), so a
+    ``dockyard up`` that is killed outright still takes its hub, and so its services and
+    proxy, down with it."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def signal_all(processes: Iterable[psutil.Process], signum: int) -> None:
@@ -91,8 +108,8 @@ def stop_proxy_of(pid_file: Path) -> None:
 
 
 def supervise(hub: subprocess.Popen[bytes], *, proxy_pid_file: Path) -> int:
-    """Wait for the hub; on SIGINT or SIGTERM stop it and its services within
-    ``STOP_SECONDS`` (a second signal kills at once). Returns the exit code."""
+    """Wait for the hub; on SIGINT, SIGTERM or SIGHUP stop it and its services at once
+    (a second signal kills at once). Returns the exit code."""
     stop_asked_at: float | None = None
     kill_now = False
 
@@ -112,7 +129,7 @@ def supervise(hub: subprocess.Popen[bytes], *, proxy_pid_file: Path) -> int:
         except ProcessLookupError:
             pass
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, request_stop) for sig in _STOP_SIGNALS}
     managed: list[psutil.Process] = []
     looked_at = 0.0
     try:
@@ -126,14 +143,18 @@ def supervise(hub: subprocess.Popen[bytes], *, proxy_pid_file: Path) -> int:
             if now - looked_at >= _LOOK_EVERY_SECONDS and stop_asked_at is None:
                 managed, looked_at = managed_processes(hub.pid), now
             if kill_now or (stop_asked_at is not None
-                            and now - stop_asked_at >= _HUB_GRACE_SECONDS):
+                            and now - stop_asked_at >= HUB_GRACE_SECONDS):
                 managed = managed_processes(hub.pid) or managed
                 kill(managed)
                 hub.kill()
+    finally:
+        if hub.poll() is None:  # only when this loop itself failed
+            kill(managed_processes(hub.pid) or managed)
+            hub.kill()
+            hub.wait()
         # Whatever the hub left (after a crash or a kill) is overdue: its services, its proxy.
         kill(p for p in managed if p.is_running() and not is_notebook_server(p))
         stop_proxy_of(proxy_pid_file)
-    finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if stop_asked_at is not None:

@@ -18,11 +18,12 @@ from typing import Any
 from docker.errors import APIError, DockerException, ImageNotFound
 from requests.exceptions import RequestException
 
-from hub.images.engine import BuildFailed, EngineUnavailable, ImageFacts, LeftoverInspection
+from hub.images.engine import BuildFailed, EngineUnavailable, ImageFacts
 from spawner.engine import docker_client
 from spawner.imageinspect import (
     InspectionFailed,
     InspectionOwner,
+    LeftoverInspection,
     inspect_image,
     remove_leftover_inspections,
 )
@@ -144,15 +145,12 @@ class DockerImageEngine:
         if not self.namespace:
             return []  # inspections made without a namespace cannot be told apart
         try:
-            removed = remove_leftover_inspections(
+            return remove_leftover_inspections(
                 self.namespace, self.worker, abandoned_after=abandoned_after,
                 client_factory=self._client,
             )
         except (DockerException, RequestException) as exc:
             raise EngineUnavailable(f"cannot list inspection containers: {exc}") from None
-        return [LeftoverInspection(found.container, found.catalog_id, found.by_this_worker,
-                                   found.created)
-                for found in removed]
 
     def running_notebook_images(self, name_prefix: str) -> dict[str, list[str]] | None:
         """Running notebook containers by image, read from the engine by the labels

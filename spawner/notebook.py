@@ -109,11 +109,6 @@ class StartProgress:
         self.finished = False
         self._changed = asyncio.Event()
 
-    def begin(self) -> None:
-        self.steps = []
-        self.finished = False
-        self._changed.set()
-
     def note(self, progress: int, message: str) -> None:
         self.steps.append({"progress": progress, "message": message})
         self._changed.set()
@@ -122,7 +117,9 @@ class StartProgress:
         self.finished = True
         self._changed.set()
 
-    def expect_next_start(self) -> None:
+    def start_over(self) -> None:
+        """Drop the last start's steps: those that follow are the next start's, and a
+        stream waiting for it follows them from the first."""
         self.steps = []
         self.finished = False
         self._changed.set()
@@ -478,7 +475,7 @@ class DockyardDockerSpawner(DockerSpawner):
         return [*(info["Config"]["Cmd"] or []), *self.get_args()]
 
     async def start(self) -> tuple[str, int]:
-        self._progress.begin()
+        self._progress.start_over()
         try:
             if self.choice is None:  # never applied (e.g. a call from outside the hub)
                 self.apply_choice(await self.resolve_choice(self.user_options or {}))
@@ -576,7 +573,7 @@ class DockyardDockerSpawner(DockerSpawner):
         self._chosen = {}
         # The hub calls this when the server has stopped and again as it prepares the next
         # spawn, before start(): from here a progress stream waits for that start.
-        self._progress.expect_next_start()
+        self._progress.start_over()
 
 
 class DockyardSwarmSpawner(DockyardDockerSpawner, SwarmSpawner):

@@ -63,11 +63,20 @@ def migrated(settings: Settings) -> Settings:
     return settings
 
 
-@pytest.fixture
-def app(migrated: Settings) -> Flask:
-    app = create_app(migrated, identity=TokenTable(USERS))
+def web_app(settings: Settings) -> Flask:
+    """The web app on ``settings``, its users known by the tokens of USERS."""
+    app = create_app(settings, identity=TokenTable(USERS))
     app.config["TESTING"] = True
     return app
+
+
+def client_for(settings: Settings) -> FlaskClient:
+    return web_app(settings).test_client()
+
+
+@pytest.fixture
+def app(migrated: Settings) -> Flask:
+    return web_app(migrated)
 
 
 @pytest.fixture

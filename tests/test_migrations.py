@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import inspect
 
 from hub.db import make_engine
 from hub.migrate import current_revision, upgrade
 from hub.models import Base
 from hub.settings import Settings
-from tests.support.requirements import require_postgres
+from tests.support.postgres import fresh_database
 
 
 def assert_no_drift(url: str) -> None:
@@ -54,18 +52,8 @@ def test_sqlite_upgrade_is_idempotent_and_matches_models(settings: Settings) -> 
 
 @pytest.fixture
 def postgres_database() -> Iterator[str]:
-    """A fresh database on the test PostgreSQL server, dropped afterwards."""
-    base_url = make_url(require_postgres())
-    name = f"dockyard_mig_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield base_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_database("dockyard_mig") as url:
+        yield url
 
 
 @pytest.mark.postgres

@@ -5,7 +5,10 @@ taken is one line naming it."""
 from __future__ import annotations
 
 import json
+import secrets
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -67,7 +70,7 @@ def test_ctrl_c_stops_everything_at_once_without_docker(tmp_path: Path) -> None:
 def test_ctrl_c_stops_everything_at_once_with_docker(tmp_path: Path) -> None:
     require_docker()
     require_image(TEST_IMAGE)
-    prefix = "dyia" + tmp_path.name[-6:].encode().hex()[:6]
+    prefix = "dyia" + secrets.token_hex(3)
     env = hub_environment(tmp_path, DOCKYARD_SPAWNER="docker", DOCKYARD_JOB_BACKEND="docker",
                           DOCKYARD_NOTEBOOK_IMAGE=TEST_IMAGE, DOCKYARD_DOCKER_NAME_PREFIX=prefix)
     engine = docker.from_env(timeout=60)
@@ -138,7 +141,12 @@ def test_two_installations_keep_their_users_apart_on_one_engine(tmp_path: Path) 
             for name in ("first", "second"):
                 home = tmp_path / name
                 home.mkdir()
-                prefixes.append(ensure_installation(home)["docker_name_prefix"])
+                # Ports as the installation chooses them; a test-shaped prefix, so that
+                # .ci/run recognises what an interrupted run left on the engine.
+                chosen = ensure_installation(home)
+                chosen["docker_name_prefix"] = "dyia" + secrets.token_hex(3)
+                (home / INSTALLATION_FILE).write_text(json.dumps(chosen))
+                prefixes.append(chosen["docker_name_prefix"])
                 env = installation_environment(home, DOCKYARD_SPAWNER="docker",
                                                DOCKYARD_NOTEBOOK_IMAGE=TEST_IMAGE)
                 stack.enter_context(running_up(env, home / "up.log"))
@@ -189,9 +197,6 @@ def test_a_new_home_gets_its_own_values_and_keeps_them(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("setting", INTERNAL_PORTS)
 def test_up_refuses_an_internal_port_in_use_in_one_line(tmp_path: Path, setting: str) -> None:
-    import subprocess
-    import sys
-
     env = hub_environment(tmp_path)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", int(env[setting])))
@@ -275,3 +280,57 @@ def test_an_engine_that_stops_during_start_up_is_one_line(tmp_path: Path) -> Non
         "dockyard: DOCKYARD_SPAWNER: the Docker engine stopped answering during start-up"
     ), output
     assert (tmp_path / "dockyard.sqlite").exists()  # nothing in the home is lost
+
+
+@pytest.mark.docker
+def test_a_missing_docker_network_is_one_line(tmp_path: Path) -> None:
+    require_docker()
+    require_image(TEST_IMAGE)
+    env = hub_environment(tmp_path, DOCKYARD_SPAWNER="docker", DOCKYARD_NOTEBOOK_IMAGE=TEST_IMAGE,
+                          DOCKYARD_DOCKER_NETWORK="dockyard-no-such-network")
+    result = subprocess.run([sys.executable, "-m", "hub.cli", "up"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("dockyard: DOCKYARD_DOCKER_NETWORK: the Docker engine has no "
+                               "network 'dockyard-no-such-network'")
+
+
+@pytest.mark.hub
+def test_a_local_job_outlives_ctrl_c_and_finishes(tmp_path: Path) -> None:
+    """Local-process jobs run in sessions of their own so that they outlive a worker
+    restart, as job containers do; Ctrl-C of `dockyard up` must not take them down."""
+    env = hub_environment(tmp_path, DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock")
+    marker = tmp_path / "job-finished"
+    command = ["python", "-c", f"import time, pathlib; time.sleep(4); "
+               f"pathlib.Path({str(marker)!r}).write_text('done')"]
+    with running_up(env, tmp_path / "up.log") as up:
+        url = wait_until_serving(env)
+        hub = RunningHub(home=tmp_path, env=env, url=url)
+        headers = {"Authorization": f"token {hub.hub_token(hub.login(), 'admin')}"}
+        api = f"{url}/services/dockyard/api/v1"
+        run = requests.post(f"{api}/runs", json={"command": command}, headers=headers,
+                            timeout=30)
+        assert run.status_code == 201, run.text
+        run_url = f"{api}/runs/{run.json()['id']}"
+        deadline = time.monotonic() + 60
+        while requests.get(run_url, headers=headers, timeout=10).json()["status"] != "RUNNING":
+            assert time.monotonic() < deadline, up.output()[-2000:]
+            time.sleep(0.3)
+        up.interrupt()
+    deadline = time.monotonic() + 30
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the job died with dockyard up"
+        time.sleep(0.3)
+    # Started again, Dockyard finds the run ended and records it.
+    with running_up(env, tmp_path / "up-again.log"):
+        url = wait_until_serving(env)
+        hub = RunningHub(home=tmp_path, env=env, url=url)
+        headers = {"Authorization": f"token {hub.hub_token(hub.login(), 'admin')}"}
+        deadline = time.monotonic() + 60
+        while (status := requests.get(run_url, headers=headers, timeout=10).json()["status"]
+               ) not in ("SUCCEEDED", "FAILED"):
+            assert time.monotonic() < deadline, status
+            time.sleep(0.3)
+        assert status == "SUCCEEDED"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from typing import Any
 
@@ -75,7 +77,13 @@ def up() -> None:
     """Run Dockyard on this machine: JupyterHub, the web service and the worker."""
     from hub.launcher import run_up
 
-    sys.exit(run_up(settings_for_command()))
+    code = run_up(settings_for_command())
+    # Everything this process started has ended; tearing down the interpreter's modules
+    # would add a second or more on a busy machine to what a Ctrl-C costs the person.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @main.command()

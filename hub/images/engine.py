@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hub.settings import Settings
+
+if TYPE_CHECKING:  # the web app never imports docker
+    from spawner.imageinspect import LeftoverInspection
 
 
 class EngineUnavailable(Exception):
@@ -31,16 +34,6 @@ class ImageFacts:
     digest: str
     size_bytes: int
     created: str
-
-
-@dataclass(frozen=True)
-class LeftoverInspection:
-    """An inspection container a stopped worker left on the engine, now removed."""
-
-    container: str
-    image_id: int | None  # the catalog image it inspected
-    by_this_worker: bool  # else by another worker of the installation, long stopped
-    created: datetime | None  # when the inspection began
 
 
 class ImageEngine(Protocol):

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import Engine, and_, func, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,17 +30,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from hub.db import write_sessions
 from hub.images.catalog import Use
 from hub.images.context import ContextRejected, check_image_directory
-from hub.images.engine import (
-    BuildFailed,
-    EngineUnavailable,
-    ImageEngine,
-    LeftoverInspection,
-    image_engine,
-)
+from hub.images.engine import BuildFailed, EngineUnavailable, ImageEngine, image_engine
 from hub.images.reference import InvalidReference, normalize_reference
 from hub.images.usage import ImageUsage
 from hub.models import Image, ImageEvent, ImageStatus, utcnow
 from hub.settings import Settings
+
+if TYPE_CHECKING:  # the web app never imports docker
+    from spawner.imageinspect import LeftoverInspection
 
 log = logging.getLogger(__name__)
 
@@ -660,7 +657,7 @@ class ImageWorkRunner:
         for leftover in leftovers:
             log.info("Removed inspection container %s, left by a stopped worker",
                      leftover.container)
-            image_id = leftover.image_id
+            image_id = leftover.catalog_id
             if leftover.by_this_worker and image_id is not None \
                     and self._settle_cut_short(sessions, image_id, leftover):
                 settled.append(image_id)

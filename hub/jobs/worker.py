@@ -255,8 +255,10 @@ class Worker:
             time.sleep(0.05)
 
     def close(self, *, wait: bool = True) -> None:
-        # On a stop (Ctrl-C) work in flight is not waited for: the database says where each
-        # run is, and reconcile at the next start takes up whatever was cut short.
+        # On a stop (Ctrl-C) queued work is dropped and work in flight is not waited for
+        # here: the database says where each run is, and reconcile at the next start takes
+        # up whatever was cut short. (The interpreter still joins the pool's threads at
+        # exit; `dockyard up` kills a worker that is not gone within its stop budget.)
         self.pool.shutdown(wait=wait, cancel_futures=not wait)
         self.pools.close()
         self.engine.dispose()
@@ -707,13 +709,9 @@ class ImageDuty:
         return self.runner(worker).tick(worker.reads, self.settings)
 
 
-def image_duty(settings: Settings) -> ImageDuty:
-    return ImageDuty(settings)
-
-
 def run_worker(settings: Settings, *, once: bool = False) -> None:
     stop = threading.Event()
-    worker = Worker(settings, duties=[image_duty(settings)])
+    worker = Worker(settings, duties=[ImageDuty(settings)])
     health = start_health_server(settings, worker.engine)  # /health and /metrics, if a port
     worker.heartbeat = health.beat
 

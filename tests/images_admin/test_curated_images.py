@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +16,11 @@ import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 
 from hub.db import make_engine, make_session_factory, write_sessions
 from hub.images.curated import (
+    CHECKED,
     FOUND,
     CuratedImage,
     curated_images,
@@ -30,15 +28,21 @@ from hub.images.curated import (
     seed_at_start,
     seed_curated_images,
 )
-from hub.jobs.worker import Worker
 from hub.migrate import upgrade
 from hub.models import CuratedImageSeed, Image, ImageEvent, RunState
 from hub.settings import Settings
 from spawner.imageengine import DockerImageEngine
 from tests.images_admin.conftest import ADMIN, ALICE, WorkerDriver, patch, register
-from tests.jobs.conftest import UNREACHABLE_URL, RunsDb, eventually, unique_namespace
+from tests.jobs.conftest import (
+    UNREACHABLE_URL,
+    RunsDb,
+    ThreadedWorker,
+    eventually,
+    unique_namespace,
+)
 from tests.support.hubproc import RunningHub, start_hub
-from tests.support.requirements import require_image, require_postgres
+from tests.support.postgres import fresh_database
+from tests.support.requirements import require_image
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -230,19 +234,9 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.param == "sqlite":
         yield request.getfixturevalue("migrated").db_url
         return
-    base_url = make_url(require_postgres())
-    name = f"dockyard_seed_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        url = base_url.set(database=name).render_as_string(hide_password=False)
+    with fresh_database("dockyard_seed") as url:
         upgrade(url)
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.mark.docker
@@ -314,17 +308,10 @@ def test_a_curated_image_the_engine_lost_is_explained_never_a_server_error(
         "job_backend": "docker", "job_namespace": unique_namespace("jtcur"),
         "job_dockyard_url": UNREACHABLE_URL, "worker_poll_seconds": 0.1})
     runs = RunsDb(settings.db_url)
-    job_worker = Worker(settings, name="curated-worker")
-    stop = threading.Event()
-    thread = threading.Thread(target=job_worker.run, args=(stop,), daemon=True)
-    thread.start()
     try:
-        run = runs.wait_for(run_id, RunState.FAILED, RunState.SUCCEEDED, timeout=60)
+        with ThreadedWorker(settings, name="curated-worker"):
+            run = runs.wait_for(run_id, RunState.FAILED, RunState.SUCCEEDED, timeout=60)
     finally:
-        stop.set()
-        job_worker.wake.set()
-        thread.join(timeout=30)
-        job_worker.close()
         runs.close()
     assert run.status == RunState.FAILED
     assert f"image {reference} is not on the Docker engine" in run.reason
@@ -385,6 +372,9 @@ def test_a_fresh_install_offers_the_curated_image_and_a_job_runs_in_it(tmp_path:
                                   timeout=30)
         assert deleted.status_code == 204, deleted.text
         hub.restart()
+        # up.log holds both starts: the second pass is over once it has said so too.
+        _until("the restarted worker's seeding pass ends",
+               lambda: hub.log_path.read_text().count(CHECKED) == 2, hub, 120)
         headers = {"Authorization": f"token {hub.hub_token(hub.login(), hub.admin)}"}
         jobs_form = hub.login().get(hub.service("jobs/new"), timeout=30)
         assert jobs_form.status_code == 200 and "make images" in jobs_form.text

@@ -3,47 +3,36 @@ compare-and-swap claim, moving a default; with a real build on the engine."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from flask import Flask
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from hub.images.service import ImageWorkRunner
 from hub.migrate import upgrade
 from hub.settings import Settings
-from hub.web import create_app
-from tests.conftest import USERS, TokenTable
+from tests.conftest import web_app
 from tests.images_admin.conftest import ADMIN, SHELL_IMAGE, slow_dockerfile, tar_of
-from tests.support.requirements import require_image, require_postgres
+from tests.support.postgres import fresh_database
+from tests.support.requirements import require_image
 
 pytestmark = [pytest.mark.postgres, pytest.mark.docker]
 
 
 @pytest.fixture
 def pg_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
-    base_url = make_url(require_postgres())
     require_image(SHELL_IMAGE)
     for var in [v for v in __import__("os").environ if v.startswith("DOCKYARD_")]:
         monkeypatch.delenv(var)
-    name = f"dockyard_img_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        url = base_url.set(database=name).render_as_string(hide_password=False)
+    with fresh_database("dockyard_img") as url:
         settings = Settings(home=tmp_path, database_url=url)
         upgrade(settings.db_url)
-        app = create_app(settings, identity=TokenTable(USERS))
-        yield app
-        app.extensions["dockyard.engine"].dispose()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        app = web_app(settings)
+        try:
+            yield app
+        finally:
+            app.extensions["dockyard.engine"].dispose()
 
 
 def test_build_claim_log_and_defaults_on_postgres(

@@ -20,7 +20,7 @@ from docker.errors import NotFound
 from flask import Flask
 from flask.testing import FlaskClient
 
-from hub.jobs.worker import Worker, image_duty
+from hub.jobs.worker import ImageDuty, Worker
 from hub.models import Image, ImageStatus, utcnow
 from hub.settings import Settings
 from spawner.imageinspect import INSPECT_LABEL, INSPECT_LABEL_VALUE, InspectionOwner
@@ -58,7 +58,7 @@ def worker_settings(migrated: Settings, namespace: str) -> Settings:
 
 def reconcile_at_start(settings: Settings) -> None:
     """What a worker of that name does first when it starts."""
-    worker = Worker(settings, name=WORKER_NAME, duties=[image_duty(settings)])
+    worker = Worker(settings, name=WORKER_NAME, duties=[ImageDuty(settings)])
     try:
         worker.reconcile()
         worker.drain()

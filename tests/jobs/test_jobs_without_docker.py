@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,17 +16,21 @@ from typing import Any
 
 import pytest
 import requests
-from flask.testing import FlaskClient
 from sqlalchemy import update
 
 from hub.db import make_engine, make_session_factory
 from hub.jobs.pools import JobPoolConfig
-from hub.jobs.worker import Worker
 from hub.models import Image, ImageStatus, Run, RunState
 from hub.settings import Settings
-from hub.web import create_app
-from tests.conftest import USERS, TokenTable, auth
-from tests.jobs.conftest import SHELL_IMAGE, RunsDb, add_images, log_file, unique_namespace
+from tests.conftest import auth, client_for
+from tests.jobs.conftest import (
+    SHELL_IMAGE,
+    RunsDb,
+    ThreadedWorker,
+    add_images,
+    log_file,
+    unique_namespace,
+)
 from tests.support.hubproc import RunningHub, hub_environment
 
 ALICE, ADMIN = auth("tok-alice"), auth("tok-admin")
@@ -35,12 +38,6 @@ FINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
 # What a newcomer's first job might do: Dockyard's Python, with the data client importable.
 PYTHON_JOB = ("python -c \"import os, sys, dockyard_data; print('prefix', sys.prefix); "
               "print('run', os.environ['DOCKYARD_RUN_ID'])\"")
-
-
-def client_for(settings: Settings) -> FlaskClient:
-    app = create_app(settings, identity=TokenTable(USERS))
-    app.config["TESTING"] = True
-    return app.test_client()
 
 
 @pytest.fixture
@@ -58,18 +55,11 @@ def docker(migrated: Settings) -> Settings:
 
 @pytest.fixture
 def local_worker(local: Settings) -> Iterator[RunsDb]:
-    worker = Worker(local, name="no-docker-worker")
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
     db = RunsDb(local.db_url)
     try:
-        yield db
+        with ThreadedWorker(local, name="no-docker-worker"):
+            yield db
     finally:
-        stop.set()
-        worker.wake.set()
-        thread.join(timeout=30)
-        worker.close()
         db.close()
 
 

@@ -16,9 +16,8 @@ from flask.testing import FlaskClient
 from hub.jobs.worker import Worker
 from hub.models import RunState
 from hub.settings import Settings
-from hub.web import create_app
 from spawner.jobs.base import JobStartError
-from tests.conftest import USERS, TokenTable, auth
+from tests.conftest import auth, client_for
 from tests.jobs.conftest import SHELL_IMAGE, RunsDb
 from tests.jobs.test_jobs_api import set_run
 from tests.jobs_pools.conftest import pool_settings
@@ -32,12 +31,6 @@ POOLS = {
                     "description": "Fargate, pay per second"},
 }
 CSRF = re.compile(r'name="csrf-token" content="([^"]+)"')
-
-
-def client_for(settings: Settings) -> FlaskClient:
-    app = create_app(settings, identity=TokenTable(USERS))
-    app.config["TESTING"] = True
-    return app.test_client()
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 import psutil
 import requests
 
+from hub.processes import kill, managed_processes
 from tests.support.ports import free_ports
 
 
@@ -29,13 +30,11 @@ def descendants(pid: int) -> list[psutil.Process]:
 
 
 def kill_all(processes: list[psutil.Process]) -> None:
-    """SIGKILL each process still running (psutil checks it is the same process)."""
-    for process in processes:
-        try:
-            process.kill()
-        except psutil.Error:
-            pass
+    """SIGKILL each process still running (psutil checks it is the same process) and
+    wait until they are gone (the suite is their subreaper, see tests/support/leftovers)."""
+    kill(processes)
     psutil.wait_procs(processes, timeout=5)
+
 
 ADMIN_PASSWORD = "dockyard-admin-pass-7"
 _XSRF_INPUT = re.compile(r'name="_xsrf"[^>]*value="([^"]+)"')
@@ -51,6 +50,8 @@ class RunningHub:
     log_path: Path = field(default_factory=Path)
     admin: str = "admin"
     admin_password: str = ADMIN_PASSWORD
+    # What it started, as last seen: stopped too, should `dockyard up` itself have died.
+    started: list[psutil.Process] = field(default_factory=list)
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self, timeout: float = 120) -> None:
@@ -64,30 +65,35 @@ class RunningHub:
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout
+        problem: Exception = TimeoutError(f"Dockyard did not come up in {timeout}s")
         while time.monotonic() < deadline:
+            self.started = descendants(self.process.pid) or self.started
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"dockyard up exited {self.process.returncode}:\n{self.log_tail()}"
-                )
+                problem = RuntimeError(f"dockyard up exited {self.process.returncode}")
+                break
             if self._answers("/hub/login") and self._answers("/services/dockyard/health"):
+                self.started = descendants(self.process.pid)
                 return
             time.sleep(0.3)
-        raise TimeoutError(f"Dockyard did not come up in {timeout}s:\n{self.log_tail()}")
+        # Nobody gets a hub to stop from a start that failed: stop what it began here.
+        self.stop()
+        raise type(problem)(f"{problem}:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 10) -> None:
         """Ctrl-C, as a person would; then everything this Dockyard started is gone,
         local notebook servers included (which a real Ctrl-C leaves running)."""
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        started = descendants(self.process.pid)
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        finally:
-            kill_all(started + descendants(self.process.pid))
+        if self.process.poll() is None:
+            self.started = descendants(self.process.pid) or self.started
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        kill_all(self.started)
+        self.started = []
 
     def restart(self) -> None:
         self.stop()
@@ -236,8 +242,8 @@ class UpProcess:
     def interrupt(self, timeout: float = 30) -> float:
         """Ctrl-C; returns the seconds until `dockyard up` and everything it started
         (but notebook servers) had ended."""
-        managed = [p for p in descendants(self.process.pid)
-                   if "jupyterhub-singleuser" not in " ".join(_cmdline(p))]
+        hubs = psutil.Process(self.process.pid).children()
+        managed = [*hubs, *(p for hub in hubs for p in managed_processes(hub.pid))]
         started = time.monotonic()
         self.process.send_signal(signal.SIGINT)
         self.process.wait(timeout=timeout)
@@ -245,13 +251,6 @@ class UpProcess:
         took = time.monotonic() - started
         assert not alive, f"still running after Ctrl-C: {alive}"
         return took
-
-
-def _cmdline(process: psutil.Process) -> list[str]:
-    try:
-        return process.cmdline()
-    except psutil.Error:
-        return []
 
 
 @contextmanager
@@ -264,7 +263,8 @@ def running_up(env: dict[str, str], log_path: Path) -> Iterator[UpProcess]:
     try:
         yield up
     finally:
-        started = descendants(process.pid)
+        # Only while it runs: a reaped pid may already belong to another process.
+        started = descendants(process.pid) if process.poll() is None else []
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
             try:
@@ -272,5 +272,5 @@ def running_up(env: dict[str, str], log_path: Path) -> Iterator[UpProcess]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        kill_all(started + descendants(process.pid))
+        kill_all(started)
         log.close()

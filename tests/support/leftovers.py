@@ -2,13 +2,15 @@
 and swarm services still there at its end.
 
 Every fixture must stop what it started, whatever the outcome. The suite checks that at its
-end (``tests/conftest.py``) and fails when anything is left; ``.ci/run`` prints the same list
-after the suite (``python -m tests.support.leftovers``).
+end (``tests/conftest.py``) and fails when anything is left; ``.ci/run`` checks again after
+the suite.
 
 Processes: the pytest process makes itself a *child subreaper* (Linux), so a process a test
 started stays its descendant even after its parent died (JupyterHub starts the proxy and
 its services in sessions of their own; a killed hub leaves them to whoever reaps orphans).
 Engine objects: those created after the suite started, compared with what was there then.
+``.ci/run`` does the same from outside: ``snapshot FILE`` before the suite, ``check FILE``
+after it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
@@ -131,18 +134,39 @@ def new_engine_objects(engine: object, before: EngineSnapshot) -> list[str]:
             + [f"swarm service {name}" for name in sorted(services - before.services)])
 
 
-def main() -> int:
-    """For .ci/run after the suite: list Dockyard-like processes and test engine objects."""
-    leftovers = [describe(p) for p in our_processes()]
+def _machine_state() -> dict[str, list[str]]:
+    """Dockyard-like processes (pid and start time) and every engine object, by name."""
+    state: dict[str, list[str]] = {"processes": [
+        f"{p.pid}@{p.create_time():.2f} {describe(p)}" for p in our_processes()]}
     try:
         import docker
 
         engine = docker.from_env(timeout=10)
-        for container in engine.containers.list(all=True):
-            if any(key.startswith("dockyard.") for key in container.labels):
-                leftovers.append(f"container {container.name} ({container.status})")
+        for kind, names in zip(("container", "network", "volume", "swarm service"),
+                               _engine_objects(engine), strict=True):
+            state[kind] = sorted(names)
+        engine.close()
     except Exception as exc:  # no engine on this machine: nothing of it can be left
         print(f"(Docker engine not checked: {exc})")
+    return state
+
+
+def main(argv: list[str]) -> int:
+    """For .ci/run: ``snapshot FILE`` before the suite, ``check FILE`` after it: what is
+    running or on the engine now and was not before is what the suite left."""
+    import json
+
+    command, path = argv
+    if command == "snapshot":
+        Path(path).write_text(json.dumps(_machine_state()))
+        return 0
+    before = json.loads(Path(path).read_text())
+    leftovers = []
+    for kind, now in _machine_state().items():
+        earlier = set(before.get(kind, []))
+        if kind == "network":
+            earlier |= {"docker_gwbridge", "ingress"}  # swarm mode's own
+        leftovers += [f"{kind} {name}" for name in now if name not in earlier]
     for line in leftovers:
         print(f"left running: {line}")
     print(f"{len(leftovers)} leftover(s) of the test suite")
@@ -150,4 +174,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
