@@ -23,9 +23,10 @@ pytestmark = [pytest.mark.postgres, pytest.mark.docker]
 @pytest.fixture
 def pg_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
     require_image(SHELL_IMAGE)
-    for var in [v for v in __import__("os").environ if v.startswith("DOCKYARD_")]:
-        monkeypatch.delenv(var)
     with fresh_database("dockyard_img") as url:
+        # Only then: the test server's URL is one of the variables.
+        for var in [v for v in __import__("os").environ if v.startswith("DOCKYARD_")]:
+            monkeypatch.delenv(var)
         settings = Settings(home=tmp_path, database_url=url)
         upgrade(settings.db_url)
         app = web_app(settings)

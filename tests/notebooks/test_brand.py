@@ -72,7 +72,7 @@ def chrome_of(session: requests.Session, url: str, status: int = 200) -> Chrome:
     assert chrome.title.endswith("· Dockyard") or chrome.title == "Dockyard", (url, chrome)
     assert "JupyterHub" not in chrome.title and "Jupyter" not in chrome.brand
     assert "JupyterHub logo" not in response.text
-    # Light only, with the hub's other scripts kept (its navigation bar's menus need them).
+    # Light only (this navigation bar has no dark mode toggle); the hub's other scripts stay.
     assert "darkmode.js" not in response.text and "bootstrap.bundle.min.js" in response.text
     logo = session.get(urljoin(url, chrome.logo), timeout=30)
     assert logo.status_code == 200 and logo.content == LOGO.read_bytes(), (url, chrome.logo)
