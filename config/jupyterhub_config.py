@@ -10,21 +10,24 @@ import os
 import sys
 from pathlib import Path
 
-from hub.choices import choose_runtime
+from hub.choices import choose_runtime, engine_problems_explained
 from hub.hubconfig import configure_hub
 from hub.settings import SettingsError, load_settings
 
 try:
     settings = load_settings()
     runtime = choose_runtime(settings)
-    configure_hub(
-        c,
-        settings,
-        runtime,
-        python=sys.executable,
-        repo=Path(__file__).resolve().parent.parent,
-        environ=dict(os.environ),
-    )
+    # The engine answered when the runtime was chosen; if it stops before the spawner is
+    # configured, that is one line too.
+    with engine_problems_explained(settings):
+        configure_hub(
+            c,
+            settings,
+            runtime,
+            python=sys.executable,
+            repo=Path(__file__).resolve().parent.parent,
+            environ=dict(os.environ),
+        )
 except SettingsError as exc:
     # One line for the person at the console, as `dockyard` says it, not a traceback.
     print(f"dockyard: {exc}", file=sys.stderr)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from hub.choices import RuntimeChoice, engine_problems_explained
+from hub.choices import RuntimeChoice
 from hub.jupyterhub.landing import landing_url
 from hub.settings import ENV_PREFIX, Settings
 from spawner.environment import web_bind_address
@@ -58,21 +58,6 @@ def service_environment(
 
 
 def configure_hub(
-    c: Any,
-    settings: Settings,
-    runtime: RuntimeChoice,
-    *,
-    python: str,
-    repo: Path,
-    environ: dict[str, str],
-) -> None:
-    """Configure JupyterHub. A Docker engine that stopped answering since the runtime was
-    chosen is a SettingsError (one line for the console), not a traceback."""
-    with engine_problems_explained(settings):
-        _configure_hub(c, settings, runtime, python=python, repo=repo, environ=environ)
-
-
-def _configure_hub(
     c: Any,
     settings: Settings,
     runtime: RuntimeChoice,

@@ -9,9 +9,7 @@ import secrets
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from hub.installation import INSTALLATION_FILE, LEGACY_VALUES, ensure_installati
 from hub.settings import Settings
 from tests.notebooks.conftest import TEST_IMAGE, remove_engine_objects
 from tests.support.hubproc import ADMIN_PASSWORD, RunningHub, hub_environment, running_up
+from tests.support.proxy import PausableProxy
 from tests.support.requirements import require_docker, require_image
 
 # What the issue promised a person pressing Ctrl-C, everything included.
@@ -55,6 +54,15 @@ def wait_until_serving(env: dict[str, str], timeout: float = 120) -> str:
     raise TimeoutError(f"{url} did not serve within {timeout} s")
 
 
+def wait_for_running_server(engine: docker.DockerClient, prefix: str,
+                            timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not engine.containers.list(filters={"label": f"dockyard.prefix={prefix}",
+                                              "status": "running"}):
+        assert time.monotonic() < deadline, f"no notebook server with prefix {prefix}"
+        time.sleep(0.5)
+
+
 @pytest.mark.hub
 def test_ctrl_c_stops_everything_at_once_without_docker(tmp_path: Path) -> None:
     env = hub_environment(tmp_path, DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock")
@@ -83,11 +91,7 @@ def test_ctrl_c_stops_everything_at_once_with_docker(tmp_path: Path) -> None:
             headers = {"Authorization": f"token {token}"}
             requests.post(f"{url}/hub/api/users/admin/server", headers=headers,
                           timeout=60).raise_for_status()
-            deadline = time.monotonic() + 120
-            while not engine.containers.list(filters={"label": f"dockyard.prefix={prefix}",
-                                                      "status": "running"}):
-                assert time.monotonic() < deadline, up.output()[-2000:]
-                time.sleep(0.5)
+            wait_for_running_server(engine, prefix)
             took = up.interrupt()
             assert took <= STOP_LIMIT_SECONDS, f"Ctrl-C took {took:.2f} s"
             running = engine.containers.list(filters={"label": f"dockyard.prefix={prefix}"})
@@ -97,34 +101,43 @@ def test_ctrl_c_stops_everything_at_once_with_docker(tmp_path: Path) -> None:
         engine.close()
 
 
-@pytest.fixture
-def two_installations(tmp_path: Path) -> Iterator[list[tuple[dict[str, str], str]]]:
-    """Two newcomers' Dockyards on this machine at once, each with its own home."""
-    with ExitStack() as stack:
-        started = []
-        for name in ("first", "second"):
-            home = tmp_path / name
-            home.mkdir()
-            env = installation_environment(home)
-            stack.enter_context(running_up(env, home / "up.log"))
-            started.append(env)
-        yield [(env, wait_until_serving(env)) for env in started]
+def start_installations(stack: ExitStack, tmp_path: Path, *, test_prefixes: bool = False,
+                        **overrides: str) -> list[dict[str, str]]:
+    """Two newcomers' Dockyards on this machine at once, each with its own home, stopped
+    with ``stack``. With ``test_prefixes`` each keeps the ports it chooses but gets a
+    test-shaped name prefix, which .ci/run recognises should an interrupted run leave
+    containers behind."""
+    started = []
+    for name in ("first", "second"):
+        home = tmp_path / name
+        home.mkdir()
+        if test_prefixes:
+            chosen = ensure_installation(home)
+            chosen["docker_name_prefix"] = "dyia" + secrets.token_hex(3)
+            (home / INSTALLATION_FILE).write_text(json.dumps(chosen))
+        env = installation_environment(home, **overrides)
+        stack.enter_context(running_up(env, home / "up.log"))
+        started.append(env)
+    return started
+
+
+def installation_values(env: dict[str, str]) -> dict[str, object]:
+    return json.loads((Path(env["DOCKYARD_HOME"]) / INSTALLATION_FILE).read_text())
 
 
 @pytest.mark.hub
-def test_two_installations_serve_side_by_side(
-    two_installations: list[tuple[dict[str, str], str]],
-) -> None:
-    kept = [json.loads((Path(env["DOCKYARD_HOME"]) / INSTALLATION_FILE).read_text())
-            for env, _url in two_installations]
-    first, second = kept
-    assert first["docker_name_prefix"] != second["docker_name_prefix"]
-    ports = [kept_values[field] for kept_values in kept
-             for field in ("hub_port", "web_port", "proxy_api_port")]
-    assert len(set(ports)) == len(ports), kept
-    for env, url in two_installations:
-        hub = RunningHub(home=Path(env["DOCKYARD_HOME"]), env=env, url=url)
-        assert hub.login("admin", ADMIN_PASSWORD).get(url + "/hub/home", timeout=30).ok
+def test_two_installations_serve_side_by_side(tmp_path: Path) -> None:
+    with ExitStack() as stack:
+        installations = start_installations(stack, tmp_path)
+        urls = [wait_until_serving(env) for env in installations]
+        first, second = kept = [installation_values(env) for env in installations]
+        assert first["docker_name_prefix"] != second["docker_name_prefix"]
+        ports = [values[field] for values in kept
+                 for field in ("hub_port", "web_port", "proxy_api_port")]
+        assert len(set(ports)) == len(ports), kept
+        for env, url in zip(installations, urls, strict=True):
+            hub = RunningHub(home=Path(env["DOCKYARD_HOME"]), env=env, url=url)
+            assert hub.login("admin", ADMIN_PASSWORD).get(url + "/hub/home", timeout=30).ok
 
 
 @pytest.mark.hub
@@ -137,32 +150,19 @@ def test_two_installations_keep_their_users_apart_on_one_engine(tmp_path: Path) 
     prefixes: list[str] = []
     try:
         with ExitStack() as stack:
-            hubs = []
-            for name in ("first", "second"):
-                home = tmp_path / name
-                home.mkdir()
-                # Ports as the installation chooses them; a test-shaped prefix, so that
-                # .ci/run recognises what an interrupted run left on the engine.
-                chosen = ensure_installation(home)
-                chosen["docker_name_prefix"] = "dyia" + secrets.token_hex(3)
-                (home / INSTALLATION_FILE).write_text(json.dumps(chosen))
-                prefixes.append(chosen["docker_name_prefix"])
-                env = installation_environment(home, DOCKYARD_SPAWNER="docker",
-                                               DOCKYARD_NOTEBOOK_IMAGE=TEST_IMAGE)
-                stack.enter_context(running_up(env, home / "up.log"))
-                hubs.append((env, home))
-            for env, home in hubs:
+            installations = start_installations(stack, tmp_path, test_prefixes=True,
+                                                DOCKYARD_SPAWNER="docker",
+                                                DOCKYARD_NOTEBOOK_IMAGE=TEST_IMAGE)
+            prefixes = [str(installation_values(env)["docker_name_prefix"])
+                        for env in installations]
+            for env in installations:
                 url = wait_until_serving(env)
-                hub = RunningHub(home=home, env=env, url=url)
+                hub = RunningHub(home=Path(env["DOCKYARD_HOME"]), env=env, url=url)
                 token = hub.hub_token(hub.login(), "admin")
                 requests.post(f"{url}/hub/api/users/admin/server", timeout=60,
                               headers={"Authorization": f"token {token}"}).raise_for_status()
             for prefix in prefixes:
-                deadline = time.monotonic() + 120
-                while not engine.containers.list(
-                        filters={"label": f"dockyard.prefix={prefix}", "status": "running"}):
-                    assert time.monotonic() < deadline, f"no server for {prefix}"
-                    time.sleep(0.5)
+                wait_for_running_server(engine, prefix)
             containers = {prefix: engine.containers.list(
                 filters={"label": f"dockyard.prefix={prefix}"}) for prefix in prefixes}
             names = {c.name for found in containers.values() for c in found}
@@ -209,70 +209,25 @@ def test_up_refuses_an_internal_port_in_use_in_one_line(tmp_path: Path, setting:
     assert "Traceback" not in result.stdout + result.stderr
 
 
-class EngineThatGoesAway:
-    """A Unix socket that forwards to the real Docker engine until ``close()``: an engine
-    that stops answering while Dockyard starts."""
-
-    def __init__(self, path: Path, engine_socket: str = "/var/run/docker.sock") -> None:
-        self.path = path
-        self.engine_socket = engine_socket
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(str(path))
-        self.listener.listen(16)
-        self.open: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            upstream.connect(self.engine_socket)
-            self.open += [client, upstream]
-            for source, target in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, target: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for end in (source, target):
-                try:
-                    end.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.listener.close()
-        for connection in self.open:
-            connection.close()
-        self.path.unlink(missing_ok=True)
-
-
 @pytest.mark.hub
 @pytest.mark.docker
 def test_an_engine_that_stops_during_start_up_is_one_line(tmp_path: Path) -> None:
     require_docker()
     require_image(TEST_IMAGE)
-    engine = EngineThatGoesAway(tmp_path / "engine.sock")
-    env = hub_environment(tmp_path, DOCKER_HOST=f"unix://{engine.path}",
+    # An engine that stops answering while Dockyard starts.
+    engine = PausableProxy("/var/run/docker.sock", listen_path=tmp_path / "engine.sock")
+    engine.start()
+    env = hub_environment(tmp_path, DOCKER_HOST=f"unix://{engine.listen_path}",
                           DOCKYARD_SPAWNER="docker", DOCKYARD_NOTEBOOK_IMAGE=TEST_IMAGE)
     try:
         with running_up(env, tmp_path / "up.log") as up:
             # Said just before the hub starts; the hub asks the engine only after its
             # imports, a second or more later.
             up.wait_for_line("Press Ctrl-C")
-            engine.close()
+            engine.cut()
             up.process.wait(timeout=60)
     finally:
-        engine.close()
+        engine.cut()
     output = up.output()
     assert up.process.returncode == 2, output
     assert "Traceback" not in output

@@ -19,7 +19,7 @@ from hub.settings import Settings
 from hub.web import create_app
 from tests.conftest import USERS, TokenTable, auth
 from tests.jobs.conftest import RunsDb, ThreadedWorker, add_images, log_file
-from tests.reliability.conftest import PausableProxy
+from tests.support.proxy import PausableProxy
 
 pytestmark = pytest.mark.postgres
 
