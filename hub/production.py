@@ -136,8 +136,12 @@ def check_container_secrets(settings: Settings, role: str, environ: dict[str, st
 class EnvEntry:
     name: str
     help: str
-    generate: str = ""  # "hex" | "password" | "" (a plain default)
+    generate: str = ""  # "hex" | "password" | "prefix" | "" (a plain default)
     default: str = ""
+
+    @property
+    def secret(self) -> bool:
+        return self.generate in ("hex", "password")
 
 
 ENV_ENTRIES: tuple[EnvEntry, ...] = (
@@ -245,7 +249,7 @@ def write_env_file(path: Path, overrides: dict[str, str] | None = None) -> tuple
             values[entry.name] = entry.default
         added.append(entry.name)
     for entry in ENV_ENTRIES:
-        if entry.generate in ("hex", "password"):
+        if entry.secret:
             refuse_weak_secret(f"{entry.name} in {path}", values[entry.name])
     # Written to a new file with mode 600 from the first byte, then moved into place.
     tmp = path.with_name(path.name + ".tmp")

@@ -13,7 +13,7 @@ import pytest
 from hub.production import ENV_ENTRIES, read_env_file, write_env_file
 from tests.compose.conftest import OFFLINE, PRODUCTION, Compose
 
-SECRET_NAMES = [entry.name for entry in ENV_ENTRIES if entry.generate]
+SECRET_NAMES = [entry.name for entry in ENV_ENTRIES if entry.secret]
 LONG_RUNNING = ("hub", "web", "worker", "engine-api", "db", "s3")
 
 

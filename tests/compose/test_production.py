@@ -30,7 +30,7 @@ from hub.settings import Settings, SettingsError
 from spawner.environment import container_environment, dockyard_url_for_containers
 
 REPO = Path(__file__).resolve().parent.parent.parent
-SECRET_NAMES = [entry.name for entry in ENV_ENTRIES if entry.generate in ("hex", "password")]
+SECRET_NAMES = [entry.name for entry in ENV_ENTRIES if entry.secret]
 TOKEN = secrets.token_hex(32)
 COOKIE_SECRET = secrets.token_hex(32)
 PROXY_TOKEN = secrets.token_hex(32)

@@ -107,8 +107,11 @@ class CreateCounter:
     def _count(self) -> None:
         try:
             for event in self.stream:
-                run_id = int(event["Actor"]["Attributes"][LABEL_RUN_ID])
-                self.counts[run_id] = self.counts.get(run_id, 0) + 1
+                # The installation's other containers (an image inspection) carry its
+                # namespace too, but no run.
+                run_id = event["Actor"]["Attributes"].get(LABEL_RUN_ID)
+                if run_id is not None:
+                    self.counts[int(run_id)] = self.counts.get(int(run_id), 0) + 1
         except Exception:  # the stream is closed at the end
             pass
 
