@@ -53,9 +53,25 @@ def describe(process: psutil.Process) -> str:
     return f"pid {process.pid}: {command}"
 
 
+# Descendants that are not a test's to stop: the machine's Docker engine, which the
+# engine-restart test starts again and which must go on serving, and Python's own
+# multiprocessing helper, which ends with the suite's process.
+_NOT_LEFTOVERS = ("dockerd", "containerd")
+
+
+def _is_machine_service(process: psutil.Process) -> bool:
+    try:
+        command = process.cmdline()
+    except psutil.Error:
+        return False
+    return bool(command) and (Path(command[0]).name in _NOT_LEFTOVERS
+                              or "multiprocessing.resource_tracker" in " ".join(command))
+
+
 def living_descendants(grace: float = 3.0) -> list[psutil.Process]:
     """This process's descendants that are alive after ``grace`` seconds (a process
-    stopped by the last teardown may still be exiting); zombies are reaped."""
+    stopped by the last teardown may still be exiting), but the machine's services;
+    zombies are reaped."""
     deadline = time.monotonic() + grace
     while True:
         alive = []
@@ -67,7 +83,8 @@ def living_descendants(grace: float = 3.0) -> list[psutil.Process]:
                     continue
             except (psutil.Error, ChildProcessError):
                 continue
-            alive.append(child)
+            if not _is_machine_service(child):
+                alive.append(child)
         if not alive or time.monotonic() >= deadline:
             return alive
         time.sleep(0.2)
