@@ -33,19 +33,20 @@ _PR_SET_PDEATHSIG = 1
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+def _runs(process: psutil.Process, program: str) -> bool:
+    try:
+        return any(program in part for part in process.cmdline())
+    except psutil.Error:
+        return False  # gone, or a zombie: no longer anything's
+
+
 def is_notebook_server(process: psutil.Process) -> bool:
     """Local-process notebook servers outlive the hub, as notebook containers do."""
-    try:
-        return any("jupyterhub-singleuser" in part for part in process.cmdline())
-    except psutil.Error:
-        return False
+    return _runs(process, "jupyterhub-singleuser")
 
 
 def is_proxy(process: psutil.Process) -> bool:
-    try:
-        return any("configurable-http-proxy" in part for part in process.cmdline())
-    except psutil.Error:
-        return False
+    return _runs(process, "configurable-http-proxy")
 
 
 def managed_processes(root_pid: int) -> list[psutil.Process]:
