@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 INSTALLED = $(VENV)/.installed
-ASSETS    = hub/web/static/vendor/.installed
+ASSETS    = dockyard/web/static/vendor/.installed
 
 .PHONY: up test test-compose lint install assets images clean docs
 
@@ -33,18 +33,18 @@ $(INSTALLED): pyproject.toml images/client/pyproject.toml
 # (never global, never a CDN at run time).
 $(ASSETS): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
-	mkdir -p hub/web/static/vendor
+	mkdir -p dockyard/web/static/vendor
 	cp node_modules/bootstrap/dist/css/bootstrap.min.css \
 	   node_modules/bootstrap/dist/js/bootstrap.bundle.min.js \
-	   node_modules/htmx.org/dist/htmx.min.js hub/web/static/vendor/
+	   node_modules/htmx.org/dist/htmx.min.js dockyard/web/static/vendor/
 	touch $@
 
 images: install
 	$(BIN)/dockyard images build
 
 clean:
-	rm -rf $(VENV) node_modules hub/web/static/vendor
+	rm -rf $(VENV) node_modules dockyard/web/static/vendor
 
-# Regenerate the README's configuration table from hub/settings.py.
+# Regenerate the README's configuration table from dockyard/settings/__init__.py.
 docs: install
-	$(BIN)/python -c "import re, pathlib; from hub.settings import markdown_table; p = pathlib.Path('README.md'); s = p.read_text(); p.write_text(re.sub(r'(<!-- settings:start -->\n).*?(<!-- settings:end -->)', lambda m: m.group(1) + markdown_table() + '\n' + m.group(2), s, flags=re.S))"
+	$(BIN)/python -c "import re, pathlib; from dockyard.settings import markdown_table; p = pathlib.Path('README.md'); s = p.read_text(); p.write_text(re.sub(r'(<!-- settings:start -->\n).*?(<!-- settings:end -->)', lambda m: m.group(1) + markdown_table() + '\n' + m.group(2), s, flags=re.S))"

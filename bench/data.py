@@ -138,10 +138,10 @@ def web_app(home: Path, db_url: str | None = None) -> Iterator[tuple[str, Any]]:
     """The Flask app on a free loopback port with one token (an admin)."""
     from werkzeug.serving import make_server
 
-    from hub.migrate import upgrade
-    from hub.settings import Settings
-    from hub.web import create_app
-    from hub.web.auth import User
+    from dockyard.migrate import upgrade
+    from dockyard.settings import Settings
+    from dockyard.web import create_app
+    from dockyard.web.auth import User
 
     class OneToken:
         def user_for_token(self, token: str) -> User | None:
@@ -214,7 +214,7 @@ def commit_latencies(db_url: str | None, commits: int) -> tuple[list[float], lis
     """(catalog commit_batch, HTTP commit) latencies for small batches on one database."""
     from dockyard_data import Client, ClientConfig
 
-    from hub.catalog import Actor, Catalog
+    from dockyard.data import Actor, Catalog
     from tests.data.helpers import write_batch_files
 
     home = Path(tempfile.mkdtemp(prefix="dockyard-bench-"))

@@ -88,11 +88,11 @@ def main() -> int:
 
     import docker
 
-    from hub.images.service import ImageWorkRunner
-    from hub.migrate import upgrade
-    from hub.settings import Settings
-    from hub.web import create_app
-    from hub.web.auth import User
+    from dockyard.images.service import ImageWorkRunner
+    from dockyard.migrate import upgrade
+    from dockyard.settings import Settings
+    from dockyard.web import create_app
+    from dockyard.web.auth import User
     from spawner.imageinspect import inspect_image
 
     class Tokens:

@@ -40,7 +40,7 @@ class BenchIdentity:
     """Fixed tokens instead of a hub (the hub's token check is not what is measured)."""
 
     def user_for_token(self, token: str) -> Any:
-        from hub.web.auth import User
+        from dockyard.web.auth import User
 
         found = TOKENS.get(token)
         return User(found[0], admin=found[1]) if found else None
@@ -76,7 +76,7 @@ def serve(app: Any) -> tuple[str, Any]:
 
 
 def start_worker(home: Path, namespace: str) -> subprocess.Popen[bytes]:
-    from hub.settings import Settings
+    from dockyard.settings import Settings
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
     env.update(DOCKYARD_HOME=str(home), DOCKYARD_JOB_BACKEND="docker",
@@ -85,7 +85,7 @@ def start_worker(home: Path, namespace: str) -> subprocess.Popen[bytes]:
                DOCKYARD_MAX_RUNS_PER_USER=str(Settings().max_concurrent_runs),
                DOCKYARD_JOB_DOCKYARD_URL="http://127.0.0.1:9/services/dockyard/")
     log = open(home / "worker.log", "ab")  # noqa: SIM115 - lives with the process
-    return subprocess.Popen([sys.executable, "-m", "hub.cli", "worker"], env=env, stdout=log,
+    return subprocess.Popen([sys.executable, "-m", "dockyard.cli", "worker"], env=env, stdout=log,
                             stderr=subprocess.STDOUT)
 
 
@@ -182,8 +182,8 @@ def fill_runs(db_url: str, count: int) -> None:
     """``count`` finished runs of three users, some tagged, in bulk."""
     from sqlalchemy import insert
 
-    from hub.db import make_engine
-    from hub.models import Run, RunTag
+    from dockyard.db import make_engine
+    from dockyard.models import Run, RunTag
 
     engine = make_engine(db_url)
     rng = random.Random(7)
@@ -244,10 +244,10 @@ def main() -> int:
 
     import requests
 
-    from hub.migrate import upgrade
-    from hub.models import ImageStatus
-    from hub.settings import Settings
-    from hub.web import create_app
+    from dockyard.migrate import upgrade
+    from dockyard.models import ImageStatus
+    from dockyard.settings import Settings
+    from dockyard.web import create_app
     from tests.jobs.conftest import add_images
 
     home = Path(tempfile.mkdtemp(prefix="dockyard-bench-jobs-"))

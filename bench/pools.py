@@ -70,14 +70,14 @@ def swarm_bench(runs: int) -> None:
 
 
 def dockyard_swarm(runs: int, poll: float | None) -> list[float]:
-    from hub.db import make_engine, make_session_factory
-    from hub.jobs.schemas import JobLimits, RunIn
-    from hub.jobs.service import create_run
-    from hub.jobs.worker import Worker
-    from hub.migrate import upgrade
-    from hub.models import Image, ImageStatus, Run, RunState
-    from hub.settings import Settings
-    from hub.web.auth import User
+    from dockyard.db import make_engine, make_session_factory
+    from dockyard.jobs.schemas import JobLimits, RunIn
+    from dockyard.jobs.service import create_run
+    from dockyard.migrate import upgrade
+    from dockyard.models import Image, ImageStatus, Run, RunState
+    from dockyard.settings import Settings
+    from dockyard.web.auth import User
+    from dockyard.worker.loop import Worker
 
     home = Path(tempfile.mkdtemp(prefix="dockyard-bench-pools-"))
     settings = Settings(home=home, job_backend="local", worker_poll_seconds=0.05,

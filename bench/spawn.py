@@ -41,7 +41,7 @@ import docker
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hub.settings import Settings  # noqa: E402
+from dockyard.settings import Settings  # noqa: E402
 from spawner.environment import container_gateway  # noqa: E402
 from tests.support.hubproc import RunningHub, start_hub  # noqa: E402
 

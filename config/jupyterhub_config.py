@@ -1,6 +1,6 @@
 """JupyterHub configuration for Dockyard.
 
-Every value comes from Dockyard's settings (``hub/settings.py``); nothing is read from the
+Every value comes from Dockyard's settings (``dockyard/settings/``); nothing is read from the
 environment here directly, except what ``dockyard up`` resolved for us (the runtime
 choice) and passes on as settings.
 """
@@ -10,9 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-from hub.choices import choose_runtime, engine_problems_explained
+from dockyard.runtime import choose_runtime, engine_problems_explained
+from dockyard.settings import SettingsError, load_settings
 from hub.hubconfig import configure_hub
-from hub.settings import SettingsError, load_settings
 
 try:
     settings = load_settings()

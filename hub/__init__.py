@@ -1,3 +1,3 @@
-"""Dockyard's control plane: web app, API, worker, catalogs and the JupyterHub integration."""
-
-__version__ = "0.1.0"
+"""Dockyard inside JupyterHub: the hub's configuration, login, landing page and the
+spawner's view of the image catalog. Nothing else imports this package; JupyterHub loads
+it through ``config/jupyterhub_config.py``."""

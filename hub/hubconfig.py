@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from hub.choices import RuntimeChoice
-from hub.jupyterhub.landing import landing_url
-from hub.settings import ENV_PREFIX, Settings
+from dockyard.runtime import RuntimeChoice
+from dockyard.settings import ENV_PREFIX, Settings
+from hub.landing import landing_url
 from spawner.environment import web_bind_address
 from spawner.options import LAST_CHOICE_QUERY
 
@@ -94,7 +94,7 @@ def configure_hub(
     c.ConfigurableHTTPProxy.debug = False
 
     # -- login ---------------------------------------------------------------------
-    c.JupyterHub.authenticator_class = "hub.jupyterhub.auth.DockyardAuthenticator"
+    c.JupyterHub.authenticator_class = "hub.auth.DockyardAuthenticator"
     c.Authenticator.admin_users = {settings.admin_user}
     c.Authenticator.allow_all = True  # NativeAuthenticator's approval decides who logs in
     c.NativeAuthenticator.open_signup = settings.open_signup
@@ -106,7 +106,7 @@ def configure_hub(
 
     # -- Dockyard's services ---------------------------------------------------------
     env = service_environment(settings, runtime, environ)
-    dockyard = [python, "-m", "hub.cli"]
+    dockyard = [python, "-m", "dockyard.cli"]
     # Containers call Dockyard directly at this address (DOCKYARD_URL); the proxy too.
     web_bind = web_bind_address(settings, runtime.spawner, runtime.job_backend)
     c.JupyterHub.services = [
@@ -162,6 +162,6 @@ def configure_hub(
     configure_spawner(c, settings, runtime, python=python, environ=environ)
 
     # -- production: external services (docker compose), log format, extra config --------
-    from hub.production import configure_production
+    from dockyard.production import configure_production
 
     configure_production(c, settings)

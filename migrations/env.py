@@ -6,8 +6,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import pool
 
-from hub.db import make_engine
-from hub.models import Base
+from dockyard.db import make_engine
+from dockyard.models import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -17,7 +17,7 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from hub.settings import load_settings
+    from dockyard.settings import load_settings
 
     return load_settings().db_url
 

@@ -16,7 +16,7 @@ import logging
 import os
 from pathlib import Path
 
-from hub.settings import Settings
+from dockyard.settings import Settings
 
 log = logging.getLogger(__name__)
 

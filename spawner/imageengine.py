@@ -3,7 +3,7 @@
 The hub decides which images exist in the catalog and what happens to them; this
 adapter only answers questions about the engine (is the image there, how big, which
 digest), builds an uploaded context, and runs the one-off inspection. The hub reaches it
-through ``hub.images.engine.ImageEngine`` and never imports docker itself.
+through ``dockyard.images.engine.ImageEngine`` and never imports docker itself.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from docker.errors import APIError, DockerException, ImageNotFound
 from requests.exceptions import RequestException
 
-from hub.images.engine import BuildFailed, EngineUnavailable, ImageFacts
+from dockyard.images.engine import BuildFailed, EngineUnavailable, ImageFacts
 from spawner.engine import docker_client
 from spawner.imageinspect import (
     InspectionFailed,

@@ -39,9 +39,9 @@ from jupyterhub.spawner import SpawnException
 from tornado import web
 from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default, validate
 
-from hub.choices import RuntimeChoice
-from hub.notebooks import ImageNotAllowed, NotebookImage, NotebookImages
-from hub.settings import NotebookProfile, Settings
+from dockyard.runtime import RuntimeChoice
+from dockyard.settings import NotebookProfile, Settings
+from hub.notebook_images import ImageNotAllowed, NotebookImage, NotebookImages
 from spawner.environment import (
     CONTAINER_DATA_ROOT,
     container_environment,

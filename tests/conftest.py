@@ -10,10 +10,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from hub.migrate import upgrade
-from hub.settings import Settings
-from hub.web import create_app
-from hub.web.auth import User
+from dockyard.migrate import upgrade
+from dockyard.settings import Settings
+from dockyard.web import create_app
+from dockyard.web.auth import User
 from tests.support.hubproc import RunningHub, start_hub
 
 

@@ -15,7 +15,7 @@ def dockyard(
     *args: str, env: dict[str, str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "hub.cli", *args],
+        [sys.executable, "-m", "dockyard.cli", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -9,10 +9,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from hub.db import make_engine
-from hub.migrate import current_revision, upgrade
-from hub.models import Base
-from hub.settings import Settings
+from dockyard.db import make_engine
+from dockyard.migrate import current_revision, upgrade
+from dockyard.models import Base
+from dockyard.settings import Settings
 from tests.support.postgres import fresh_database
 
 

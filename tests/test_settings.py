@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.settings import Settings, SettingsError, load_settings, markdown_table
+from dockyard.settings import Settings, SettingsError, load_settings, markdown_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -17,8 +17,8 @@ import docker
 import pytest
 import requests
 
-from hub.installation import INSTALLATION_FILE, LEGACY_VALUES, ensure_installation
-from hub.settings import Settings
+from dockyard.installation import INSTALLATION_FILE, LEGACY_VALUES, ensure_installation
+from dockyard.settings import Settings
 from tests.notebooks.conftest import TEST_IMAGE, remove_engine_objects
 from tests.support.hubproc import ADMIN_PASSWORD, RunningHub, hub_environment, running_up
 from tests.support.proxy import PausableProxy
@@ -201,7 +201,7 @@ def test_up_refuses_an_internal_port_in_use_in_one_line(tmp_path: Path, setting:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", int(env[setting])))
         busy.listen()
-        result = subprocess.run([sys.executable, "-m", "hub.cli", "up"], env=env,
+        result = subprocess.run([sys.executable, "-m", "dockyard.cli", "up"], env=env,
                                 capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -243,7 +243,7 @@ def test_a_missing_docker_network_is_one_line(tmp_path: Path) -> None:
     require_image(TEST_IMAGE)
     env = hub_environment(tmp_path, DOCKYARD_SPAWNER="docker", DOCKYARD_NOTEBOOK_IMAGE=TEST_IMAGE,
                           DOCKYARD_DOCKER_NETWORK="dockyard-no-such-network")
-    result = subprocess.run([sys.executable, "-m", "hub.cli", "up"], env=env,
+    result = subprocess.run([sys.executable, "-m", "dockyard.cli", "up"], env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

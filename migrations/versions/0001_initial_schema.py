@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import hub.models.base
+import dockyard.models.base
 
 revision: str = '0001'
 down_revision: str | None = None
@@ -36,15 +36,15 @@ def upgrade() -> None:
     sa.Column('build_log', sa.Text(), nullable=False),
     sa.Column('status_detail', sa.Text(), nullable=False),
     sa.Column('work_queued', sa.String(length=16), nullable=True),
-    sa.Column('work_queued_at', hub.models.base.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('build_started_at', hub.models.base.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('build_finished_at', hub.models.base.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('worker_heartbeat_at', hub.models.base.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('inspected_at', hub.models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('work_queued_at', dockyard.models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('build_started_at', dockyard.models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('build_finished_at', dockyard.models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('worker_heartbeat_at', dockyard.models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('inspected_at', dockyard.models.base.UTCDateTime(timezone=True), nullable=True),
     sa.Column('contents', sa.JSON(), nullable=False),
     sa.Column('created_by', sa.String(length=64), nullable=False),
-    sa.Column('created_at', hub.models.base.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', hub.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', dockyard.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', dockyard.models.base.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_images')),
     sa.UniqueConstraint('reference', name=op.f('uq_images_reference'))
     )
@@ -66,8 +66,8 @@ def upgrade() -> None:
     sa.Column('timeout_seconds', sa.Integer(), nullable=True),
     sa.Column('max_retries', sa.Integer(), nullable=False),
     sa.Column('pool', sa.String(length=64), nullable=False),
-    sa.Column('created_at', hub.models.base.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', hub.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', dockyard.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', dockyard.models.base.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_job_definitions')),
     sa.UniqueConstraint('owner', 'name', name=op.f('uq_job_definitions_owner_name'))
     )
@@ -77,7 +77,7 @@ def upgrade() -> None:
     op.create_table('namespaces',
     sa.Column('name', sa.String(length=128), nullable=False),
     sa.Column('owner', sa.String(length=64), nullable=False),
-    sa.Column('created_at', hub.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', dockyard.models.base.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('name', name=op.f('pk_namespaces'))
     )
     op.create_table('image_events',
@@ -86,7 +86,7 @@ def upgrade() -> None:
     sa.Column('actor', sa.String(length=64), nullable=False),
     sa.Column('action', sa.String(length=40), nullable=False),
     sa.Column('detail', sa.Text(), nullable=False),
-    sa.Column('at', hub.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('at', dockyard.models.base.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['image_id'], ['images.id'], name=op.f('fk_image_events_image_id_images'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_image_events'))
     )
@@ -118,9 +118,9 @@ def upgrade() -> None:
     sa.Column('worker', sa.String(length=128), nullable=True),
     sa.Column('log_location', sa.String(length=512), nullable=True),
     sa.Column('token_hash', sa.String(length=128), nullable=True),
-    sa.Column('queued_at', hub.models.base.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('started_at', hub.models.base.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('finished_at', hub.models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('queued_at', dockyard.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('started_at', dockyard.models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('finished_at', dockyard.models.base.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['definition_id'], ['job_definitions.id'], name=op.f('fk_runs_definition_id_job_definitions'), ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['retry_of_id'], ['runs.id'], name=op.f('fk_runs_retry_of_id_runs')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_runs'))
@@ -144,7 +144,7 @@ def upgrade() -> None:
     sa.Column('partition_keys', sa.JSON(), nullable=False),
     sa.Column('schema', sa.JSON(), nullable=False),
     sa.Column('created_by', sa.String(length=64), nullable=False),
-    sa.Column('created_at', hub.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', dockyard.models.base.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['namespace'], ['namespaces.name'], name=op.f('fk_tables_namespace_namespaces')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_tables')),
     sa.UniqueConstraint('namespace', 'name', name=op.f('uq_tables_namespace_name'))
@@ -163,8 +163,8 @@ def upgrade() -> None:
     sa.Column('schema', sa.JSON(), nullable=False),
     sa.Column('created_by', sa.String(length=64), nullable=False),
     sa.Column('run_id', sa.Integer(), nullable=True),
-    sa.Column('created_at', hub.models.base.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('committed_at', hub.models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', dockyard.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('committed_at', dockyard.models.base.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['run_id'], ['runs.id'], name=op.f('fk_batches_run_id_runs'), ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['table_id'], ['tables.id'], name=op.f('fk_batches_table_id_tables')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_batches')),
@@ -176,7 +176,7 @@ def upgrade() -> None:
     op.create_table('run_events',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('run_id', sa.Integer(), nullable=False),
-    sa.Column('at', hub.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('at', dockyard.models.base.UTCDateTime(timezone=True), nullable=False),
     sa.Column('from_status', sa.String(length=16), nullable=True),
     sa.Column('to_status', sa.String(length=16), nullable=False),
     sa.Column('actor', sa.String(length=64), nullable=False),
@@ -199,7 +199,7 @@ def upgrade() -> None:
     op.create_table('batch_reads',
     sa.Column('run_id', sa.Integer(), nullable=False),
     sa.Column('batch_id', sa.Integer(), nullable=False),
-    sa.Column('at', hub.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('at', dockyard.models.base.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['batch_id'], ['batches.id'], name=op.f('fk_batch_reads_batch_id_batches')),
     sa.ForeignKeyConstraint(['run_id'], ['runs.id'], name=op.f('fk_batch_reads_run_id_runs'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('run_id', 'batch_id', name=op.f('pk_batch_reads'))
@@ -210,7 +210,7 @@ def upgrade() -> None:
     sa.Column('partition', sa.String(length=512), nullable=False),
     sa.Column('batch_id', sa.Integer(), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
-    sa.Column('updated_at', hub.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', dockyard.models.base.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['batch_id'], ['batches.id'], name=op.f('fk_partition_pointers_batch_id_batches')),
     sa.ForeignKeyConstraint(['table_id'], ['tables.id'], name=op.f('fk_partition_pointers_table_id_tables')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_partition_pointers')),
@@ -225,7 +225,7 @@ def upgrade() -> None:
     sa.Column('action', sa.Enum('COMMIT', 'ROLLBACK', name='pointeraction', native_enum=False, length=12), nullable=False),
     sa.Column('actor', sa.String(length=64), nullable=False),
     sa.Column('run_id', sa.Integer(), nullable=True),
-    sa.Column('at', hub.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('at', dockyard.models.base.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['batch_id'], ['batches.id'], name=op.f('fk_pointer_history_batch_id_batches')),
     sa.ForeignKeyConstraint(['previous_batch_id'], ['batches.id'], name=op.f('fk_pointer_history_previous_batch_id_batches')),
     sa.ForeignKeyConstraint(['run_id'], ['runs.id'], name=op.f('fk_pointer_history_run_id_runs'), ondelete='SET NULL'),

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import hub.models.base
+import dockyard.models.base
 
 revision: str = '0002'
 down_revision: str | None = '0001'
@@ -21,7 +21,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_table('curated_image_seeds',
     sa.Column('reference', sa.String(length=255), nullable=False),
-    sa.Column('seeded_at', hub.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('seeded_at', dockyard.models.base.UTCDateTime(timezone=True), nullable=False),
     sa.Column('outcome', sa.String(length=40), nullable=False),
     sa.PrimaryKeyConstraint('reference', name=op.f('pk_curated_image_seeds'))
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hub.settings import Settings
+from dockyard.settings import Settings
 from spawner.jobs.base import JobBackend
 
 BACKEND_NAMES = ("docker", "local")

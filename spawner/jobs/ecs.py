@@ -81,7 +81,7 @@ class EcsThrottled(Exception):
 
 @dataclass(frozen=True)
 class EcsOptions:
-    """One ECS pool's settings (see hub.jobs.pools.JobPoolConfig)."""
+    """One ECS pool's settings (see dockyard.jobs.pools.JobPoolConfig)."""
 
     cluster: str
     launch_type: str = "FARGATE"

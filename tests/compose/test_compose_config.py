@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.production import ENV_ENTRIES, read_env_file, write_env_file
+from dockyard.production import ENV_ENTRIES, read_env_file, write_env_file
 from tests.compose.conftest import OFFLINE, PRODUCTION, Compose
 
 SECRET_NAMES = [entry.name for entry in ENV_ENTRIES if entry.secret]

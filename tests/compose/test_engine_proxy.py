@@ -10,7 +10,7 @@ import pytest
 import requests
 from docker.errors import APIError
 
-from hub.engine_proxy import allowed, make_server
+from dockyard.engine_proxy import allowed, make_server
 from tests.support.ports import free_ports
 from tests.support.requirements import require_docker, require_image
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from flask import Flask, g
 
-from hub.logs import (
+from dockyard.logs import (
     ContextFilter,
     JsonFormatter,
     configure_logging,
@@ -19,8 +19,8 @@ from hub.logs import (
     hub_logging_config,
     log_context,
 )
-from hub.settings import Settings
-from hub.web.auth import User
+from dockyard.settings import Settings
+from dockyard.web.auth import User
 
 
 @pytest.fixture
@@ -78,7 +78,8 @@ def test_text_format_appends_the_context(tmp_path: Path, restore_root_logging: N
 
 def test_web_request_lines_name_the_user() -> None:
     app = Flask(__name__)
-    record = logging.LogRecord("hub.web", logging.INFO, __file__, 1, "listing runs", None, None)
+    record = logging.LogRecord("dockyard.web", logging.INFO, __file__, 1, "listing runs", None,
+                               None)
     with app.test_request_context("/api/v1/runs"):
         g.user = User("ada")
         ContextFilter().filter(record)
@@ -87,7 +88,7 @@ def test_web_request_lines_name_the_user() -> None:
 
 def test_a_setting_picks_the_format(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DOCKYARD_LOG_FORMAT", "yaml")
-    from hub.settings import SettingsError, load_settings
+    from dockyard.settings import SettingsError, load_settings
 
     with pytest.raises(SettingsError, match="DOCKYARD_LOG_FORMAT"):
         load_settings(home=tmp_path)
@@ -96,7 +97,7 @@ def test_a_setting_picks_the_format(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 def test_gunicorn_and_hub_use_the_same_format(tmp_path: Path, restore_root_logging: None) -> None:
     settings = Settings(home=tmp_path, log_format="json")
     config = gunicorn_logging(settings)["logconfig_dict"]
-    assert config["formatters"]["dockyard"] == {"()": "hub.logs.JsonFormatter"}
+    assert config["formatters"]["dockyard"] == {"()": "dockyard.logs.JsonFormatter"}
     assert config["loggers"]["gunicorn.access"]["handlers"] == ["access"]
     # dictConfig accepts it as gunicorn will pass it.
     logging.config.dictConfig({**config, "root": {"level": "INFO", "handlers": []}})

@@ -16,17 +16,17 @@ from click.testing import CliRunner
 from pydantic import SecretStr
 from traitlets.config import Config
 
-from hub.choices import RuntimeChoice
-from hub.cli import main
-from hub.hubconfig import configure_hub
-from hub.production import (
+from dockyard.cli import main
+from dockyard.production import (
     ENV_ENTRIES,
     check_container_secrets,
     is_weak_secret,
     read_env_file,
     write_env_file,
 )
-from hub.settings import Settings, SettingsError
+from dockyard.runtime import RuntimeChoice
+from dockyard.settings import Settings, SettingsError
+from hub.hubconfig import configure_hub
 from spawner.environment import container_environment, dockyard_url_for_containers
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -121,7 +121,7 @@ def test_start_refuses_placeholders_with_one_line(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
     env.update(DOCKYARD_HOME=str(tmp_path), JPY_COOKIE_SECRET="changeme",
                CONFIGPROXY_AUTH_TOKEN=PROXY_TOKEN)
-    result = subprocess.run([sys.executable, "-m", "hub.cli", "start", "hub"], env=env,
+    result = subprocess.run([sys.executable, "-m", "dockyard.cli", "start", "hub"], env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [

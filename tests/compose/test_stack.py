@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from hub.production import ensure_build_ca, read_env_file, write_env_file
+from dockyard.production import ensure_build_ca, read_env_file, write_env_file
 from tests.compose.conftest import OFFLINE, PRODUCTION, REPO, Compose, clean_environment
 from tests.support.hubproc import RunningHub
 from tests.support.ports import free_ports

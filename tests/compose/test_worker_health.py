@@ -8,10 +8,10 @@ import pytest
 import requests
 from sqlalchemy.orm import Session
 
-from hub.db import make_engine
-from hub.jobs.health import start_health_server
-from hub.models import Run, RunState
-from hub.settings import Settings
+from dockyard.db import make_engine
+from dockyard.models import Run, RunState
+from dockyard.settings import Settings
+from dockyard.worker.health import start_health_server
 from tests.support.ports import free_ports
 
 

@@ -17,11 +17,11 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from werkzeug.serving import make_server
 
-from hub.migrate import upgrade
-from hub.models import Run
-from hub.settings import Settings
-from hub.web import create_app
-from hub.web.auth import User
+from dockyard.migrate import upgrade
+from dockyard.models import Run
+from dockyard.settings import Settings
+from dockyard.web import create_app
+from dockyard.web.auth import User
 from tests.conftest import USERS, TokenTable
 from tests.support.moto import moto_server as run_moto_server
 from tests.support.requirements import require_postgres
@@ -80,7 +80,7 @@ def connect(live_url: str) -> Callable[[str], object]:
 
 def add_run(settings: Settings, owner: str) -> int:
     """A job run row, as the jobs area would have created it, for lineage tests."""
-    from hub.db import make_engine, make_session_factory, transaction
+    from dockyard.db import make_engine, make_session_factory, transaction
 
     engine = make_engine(settings.db_url)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from flask.testing import FlaskClient
 
-from hub.settings import Settings
+from dockyard.settings import Settings
 from tests.conftest import auth
 from tests.data.helpers import write_batch_files
 

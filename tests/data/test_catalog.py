@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from hub.catalog import (
+from dockyard.data import (
     Actor,
     BatchIncomplete,
     BatchNotFound,
@@ -23,8 +23,8 @@ from hub.catalog import (
     SchemaMismatch,
     TableNotFound,
 )
-from hub.models import Batch, utcnow
-from hub.settings import Settings
+from dockyard.models import Batch, utcnow
+from dockyard.settings import Settings
 from tests.data.helpers import store, write_batch_files
 
 ALICE = Actor("alice")
@@ -308,7 +308,7 @@ def test_gc_removes_only_abandoned_batches(catalog: Catalog, migrated: Settings)
     fresh = catalog.begin_batch(ALICE, "sales", "orders", DAY)
 
     # Make everything old, so only "never referenced" protects the committed batches.
-    from hub.db import make_engine, make_session_factory, transaction
+    from dockyard.db import make_engine, make_session_factory, transaction
 
     engine = make_engine(migrated.db_url)
     with transaction(make_session_factory(engine)) as session:

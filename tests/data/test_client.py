@@ -28,7 +28,7 @@ from dockyard_data import (
     TableNotFound,
 )
 
-from hub.settings import Settings
+from dockyard.settings import Settings
 from tests.data.conftest import add_run
 from tests.support.ports import free_ports
 
@@ -213,8 +213,8 @@ def test_a_container_mounting_the_data_root_elsewhere(connect, live_url: str,
 
 
 def test_lineage_from_a_run_scoped_token(connect, tokens, migrated: Settings, api) -> None:
-    from hub.catalog import Catalog
-    from hub.web.auth import User
+    from dockyard.data import Catalog
+    from dockyard.web.auth import User
     from tests.conftest import auth
 
     run_id = add_run(migrated, "alice")

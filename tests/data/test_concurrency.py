@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from hub.catalog import Actor, Catalog, Storage, StorageConfig
-from hub.db import make_engine
-from hub.settings import Settings
+from dockyard.data import Actor, Catalog, Storage, StorageConfig
+from dockyard.db import make_engine
+from dockyard.settings import Settings
 from tests.data.workers import commit_many
 
 PROCESSES = 8

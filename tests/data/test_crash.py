@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from hub.catalog import Actor, Catalog
-from hub.cli import main
-from hub.settings import Settings
+from dockyard.cli import main
+from dockyard.data import Actor, Catalog
+from dockyard.settings import Settings
 from tests.data.workers import store_then_hang
 
 KILLED_BEFORE_COMMIT = 20

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from hub.models import ImageStatus
+from dockyard.models import ImageStatus
 from tests.jobs.conftest import add_images
 from tests.support.hubproc import RunningHub, start_hub
 from tests.support.requirements import require_image

@@ -7,8 +7,8 @@ import re
 import pytest
 from flask.testing import FlaskClient
 
-from hub.catalog import Actor, Catalog
-from hub.settings import Settings
+from dockyard.data import Actor, Catalog
+from dockyard.settings import Settings
 from tests.data.conftest import add_run
 from tests.data.helpers import store
 from tests.support.hubproc import RunningHub
@@ -125,8 +125,8 @@ def test_admins_are_told_about_abandoned_batches(api: FlaskClient, filled: dict,
 
     from sqlalchemy import update
 
-    from hub.db import make_engine, make_session_factory, transaction
-    from hub.models import Batch, utcnow
+    from dockyard.db import make_engine, make_session_factory, transaction
+    from dockyard.models import Batch, utcnow
 
     began = Catalog.from_settings(migrated).begin_batch(Actor("alice"), "sales", "orders", DAY)
     engine = make_engine(migrated.db_url)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from hub.settings import Settings
+from dockyard.settings import Settings
 from tests.data.incontainer import NOTEBOOK_IMAGE, run_in_notebook_image
 from tests.support.requirements import require_image
 

@@ -11,9 +11,9 @@ import pytest
 from dockyard_data import Client, ClientConfig
 from flask import Flask
 
-from hub.catalog import Actor, BatchIncomplete, Catalog
-from hub.settings import Settings
-from hub.web import create_app
+from dockyard.data import Actor, BatchIncomplete, Catalog
+from dockyard.settings import Settings
+from dockyard.web import create_app
 from tests.conftest import USERS, TokenTable, auth
 from tests.data.conftest import S3_BUCKET, served
 

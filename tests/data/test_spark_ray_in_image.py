@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from dockyard_data import Client, ClientConfig
 
-from hub.settings import Settings
-from hub.web import create_app
+from dockyard.settings import Settings
+from dockyard.web import create_app
 from tests.conftest import USERS, TokenTable
 from tests.data.conftest import served
 from tests.data.incontainer import NOTEBOOK_IMAGE, run_in_notebook_image

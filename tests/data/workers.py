@@ -10,8 +10,8 @@ from typing import Any
 
 def commit_many(url: str, root: str, worker: int, count: int, barrier: Any) -> list[str]:
     """Begin, write and commit ``count`` batches of one partition as fast as possible."""
-    from hub.catalog import Actor, Catalog, Storage, StorageConfig
-    from hub.db import make_engine
+    from dockyard.data import Actor, Catalog, Storage, StorageConfig
+    from dockyard.db import make_engine
     from tests.data.helpers import write_batch_files
 
     engine = make_engine(url)

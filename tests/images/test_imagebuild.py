@@ -205,7 +205,7 @@ def test_make_base_is_a_no_op_when_the_tag_exists() -> None:
 def test_cli_without_an_engine_fails_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from hub.cli import main
+    from dockyard.cli import main
 
     # Nothing listens on port 1 of the loopback address.
     monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:1")
@@ -219,7 +219,7 @@ def test_cli_without_an_engine_fails_with_one_line(monkeypatch: pytest.MonkeyPat
 def test_cli_rejects_an_unknown_image() -> None:
     from click.testing import CliRunner
 
-    from hub.cli import main
+    from dockyard.cli import main
 
     result = CliRunner().invoke(main, ["images", "build", "nope"])
     assert result.exit_code == 2

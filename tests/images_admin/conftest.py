@@ -14,8 +14,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from hub.images.service import ImageWorkRunner
-from hub.settings import Settings
+from dockyard.images.service import ImageWorkRunner
+from dockyard.settings import Settings
 from tests.browser.conftest import browser, page  # noqa: F401  (browser tests here too)
 from tests.conftest import auth
 from tests.support.requirements import require_docker, require_image

@@ -18,8 +18,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from hub.db import make_engine, make_session_factory, write_sessions
-from hub.images.curated import (
+from dockyard.db import make_engine, make_session_factory, write_sessions
+from dockyard.images.curated import (
     CHECKED,
     FOUND,
     CuratedImage,
@@ -28,9 +28,9 @@ from hub.images.curated import (
     seed_at_start,
     seed_curated_images,
 )
-from hub.migrate import upgrade
-from hub.models import CuratedImageSeed, Image, ImageEvent, RunState
-from hub.settings import Settings
+from dockyard.migrate import upgrade
+from dockyard.models import CuratedImageSeed, Image, ImageEvent, RunState
+from dockyard.settings import Settings
 from spawner.imageengine import DockerImageEngine
 from tests.images_admin.conftest import ADMIN, ALICE, WorkerDriver, patch, register
 from tests.jobs.conftest import (
@@ -216,8 +216,8 @@ def test_a_default_the_admin_chose_stays_the_default(
 # -- several processes starting at once -------------------------------------------------------
 SEED_PROCESS = """
 import pathlib, sys, time
-from hub.db import make_engine, write_sessions
-from hub.images.curated import CuratedImage, seed_curated_images
+from dockyard.db import make_engine, write_sessions
+from dockyard.images.curated import CuratedImage, seed_curated_images
 from spawner.imageengine import DockerImageEngine
 url, reference, ready, go = sys.argv[1:5]
 sessions = write_sessions(make_engine(url))

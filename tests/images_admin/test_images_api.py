@@ -13,10 +13,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from hub.images.catalog import ImageNotAllowed, resolve_image, usable_images
-from hub.models import JobDefinition, Run, RunState
-from hub.notebooks import NotebookImages
-from hub.settings import Settings
+from dockyard.images.catalog import ImageNotAllowed, resolve_image, usable_images
+from dockyard.models import JobDefinition, Run, RunState
+from dockyard.settings import Settings
+from hub.notebook_images import NotebookImages
 from tests.images_admin.conftest import ADMIN, ALICE, WorkerDriver, patch, register
 
 pytestmark = pytest.mark.docker

@@ -16,7 +16,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from hub.models import Image, ImageStatus
+from dockyard.models import Image, ImageStatus
 from tests.conftest import auth
 from tests.support.requirements import docker_answers
 

@@ -13,9 +13,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import update
 
-from hub.images.service import ImageWorkRunner
-from hub.models import Image, ImageStatus, utcnow
-from hub.settings import Settings
+from dockyard.images.service import ImageWorkRunner
+from dockyard.models import Image, ImageStatus, utcnow
+from dockyard.settings import Settings
 from tests.images_admin.conftest import (
     ADMIN,
     TEST_IMAGE,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from hub.images.service import ImageWorkRunner
-from hub.migrate import upgrade
-from hub.settings import Settings
+from dockyard.images.service import ImageWorkRunner
+from dockyard.migrate import upgrade
+from dockyard.settings import Settings
 from tests.conftest import web_app
 from tests.images_admin.conftest import ADMIN, SHELL_IMAGE, slow_dockerfile, tar_of
 from tests.support.postgres import fresh_database

@@ -20,9 +20,9 @@ from docker.errors import NotFound
 from flask import Flask
 from flask.testing import FlaskClient
 
-from hub.jobs.worker import ImageDuty, Worker
-from hub.models import Image, ImageStatus, utcnow
-from hub.settings import Settings
+from dockyard.models import Image, ImageStatus, utcnow
+from dockyard.settings import Settings
+from dockyard.worker.loop import ImageDuty, Worker
 from spawner.imageinspect import INSPECT_LABEL, INSPECT_LABEL_VALUE, InspectionOwner
 from spawner.jobs.base import LABEL_NAMESPACE
 from tests.images_admin.conftest import ADMIN, register
@@ -116,7 +116,7 @@ def test_an_inspection_cut_short_by_a_stop_is_removed_and_inspected_again(
                DOCKYARD_NOTEBOOK_IMAGE=our_tag("not-built"))
     log_path = worker_settings.home / "worker.log"
     with open(log_path, "wb") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "hub.cli", "worker"], env=env,
+        worker = subprocess.Popen([sys.executable, "-m", "dockyard.cli", "worker"], env=env,
                                   stdout=log, stderr=subprocess.STDOUT)
     ours = {"label": [f"{INSPECT_LABEL}={INSPECT_LABEL_VALUE}", f"{LABEL_NAMESPACE}={namespace}"]}
     try:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hub.images.context import ContextRejected, assemble_upload, check_image_directory
-from hub.images.reference import InvalidReference, normalize_reference, parse_reference
+from dockyard.images.context import ContextRejected, assemble_upload, check_image_directory
+from dockyard.images.reference import InvalidReference, normalize_reference, parse_reference
 from tests.images_admin.conftest import tar_of
 
 DOCKERFILE = b"FROM debian:bookworm-slim\n"

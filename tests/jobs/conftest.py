@@ -17,11 +17,11 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from hub.db import make_engine, make_session_factory
-from hub.jobs.worker import Worker
-from hub.models import Image, ImageStatus, Run, RunEvent, RunState
-from hub.settings import Settings
-from hub.web import create_app
+from dockyard.db import make_engine, make_session_factory
+from dockyard.models import Image, ImageStatus, Run, RunEvent, RunState
+from dockyard.settings import Settings
+from dockyard.web import create_app
+from dockyard.worker.loop import Worker
 from tests.browser.conftest import browser, page  # noqa: F401  (Playwright fixtures)
 from tests.conftest import USERS, TokenTable, auth
 
@@ -187,7 +187,7 @@ class JobsHarness:
             env[f"DOCKYARD_{name.upper()}"] = (json.dumps(value)
                                                if isinstance(value, dict | list) else str(value))
         log = open(self.tmp_path / "worker.log", "ab")  # noqa: SIM115 - lives with the process
-        self.process = subprocess.Popen([sys.executable, "-m", "hub.cli", "worker"], env=env,
+        self.process = subprocess.Popen([sys.executable, "-m", "dockyard.cli", "worker"], env=env,
                                         stdout=log, stderr=subprocess.STDOUT)
         return self.process
 

@@ -10,14 +10,14 @@ from types import SimpleNamespace
 import pytest
 from pydantic import ValidationError
 
-from hub.jobs.logs import LogFile, complete_utf8_length, read_log
-from hub.jobs.schemas import DefinitionIn, JobLimits, RunIn
-from hub.jobs.states import RANK, deadline_of, may_advance, outcome
-from hub.jobs.tokens import hash_token, run_id_of, run_token
-from hub.jobs.worker import build_spec, job_namespace
-from hub.models import RunState
-from hub.settings import Settings
-from hub.web.jobs import duration_chart
+from dockyard.jobs.logs import LogFile, complete_utf8_length, read_log
+from dockyard.jobs.schemas import DefinitionIn, JobLimits, RunIn
+from dockyard.jobs.states import RANK, deadline_of, may_advance, outcome
+from dockyard.jobs.tokens import hash_token, run_id_of, run_token
+from dockyard.models import RunState
+from dockyard.settings import Settings
+from dockyard.web.jobs import duration_chart
+from dockyard.worker.loop import build_spec, job_namespace
 from spawner.jobs.base import EngineState, JobSpec, JobStatus, command_argv
 from spawner.jobs.docker import (
     DEFAULT_JOB_USER,

@@ -15,9 +15,9 @@ import docker
 import pytest
 from sqlalchemy import update
 
-from hub.jobs.worker import build_spec
-from hub.models import ImageStatus, Run, RunState
-from hub.settings import Settings
+from dockyard.models import ImageStatus, Run, RunState
+from dockyard.settings import Settings
+from dockyard.worker.loop import build_spec
 from spawner.jobs.base import LABEL_NAMESPACE, LABEL_RUN_ID
 from spawner.jobs.docker import DockerJobBackend
 from tests.conftest import auth

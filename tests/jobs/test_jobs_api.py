@@ -10,11 +10,11 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import update
 
-from hub.db import make_engine, make_session_factory
-from hub.jobs.logs import log_path
-from hub.jobs.tokens import hash_token
-from hub.models import Run, RunState, utcnow
-from hub.settings import Settings
+from dockyard.db import make_engine, make_session_factory
+from dockyard.jobs.logs import log_path
+from dockyard.jobs.tokens import hash_token
+from dockyard.models import Run, RunState, utcnow
+from dockyard.settings import Settings
 from tests.conftest import auth
 from tests.jobs.conftest import SHELL_IMAGE
 

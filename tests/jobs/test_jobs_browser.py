@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from hub.models import ImageStatus
+from dockyard.models import ImageStatus
 from tests.jobs.conftest import SHELL_IMAGE, add_images
 from tests.support.hubproc import RunningHub
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from hub.models import ImageStatus
+from dockyard.models import ImageStatus
 from tests.jobs.conftest import SHELL_IMAGE, add_images
 from tests.support.hubproc import RunningHub
 

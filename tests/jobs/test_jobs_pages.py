@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 from flask.testing import FlaskClient
 
-from hub.jobs.logs import log_path
-from hub.models import RunState, utcnow
-from hub.settings import Settings
+from dockyard.jobs.logs import log_path
+from dockyard.models import RunState, utcnow
+from dockyard.settings import Settings
 from tests.jobs.conftest import SHELL_IMAGE
 from tests.jobs.test_jobs_api import set_run
 
@@ -166,7 +166,7 @@ def test_runs_list_filters_pages_and_refreshes_live_rows(pages: FlaskClient,
 
 
 def test_runs_list_pages_with_a_next_link(pages: FlaskClient, catalog: Settings) -> None:
-    from hub.web import jobs as job_pages
+    from dockyard.web import jobs as job_pages
 
     csrf = browser(pages)
     for _ in range(3):

@@ -18,10 +18,10 @@ import pytest
 import requests
 from sqlalchemy import update
 
-from hub.db import make_engine, make_session_factory
-from hub.jobs.pools import JobPoolConfig
-from hub.models import Image, ImageStatus, Run, RunState
-from hub.settings import Settings
+from dockyard.db import make_engine, make_session_factory
+from dockyard.jobs.pools import JobPoolConfig
+from dockyard.models import Image, ImageStatus, Run, RunState
+from dockyard.settings import Settings
 from tests.conftest import auth, client_for
 from tests.jobs.conftest import (
     SHELL_IMAGE,
@@ -304,7 +304,7 @@ def test_the_api_runs_a_job_without_an_image_without_docker(
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
     env.update(DOCKYARD_URL=hub.service(""), DOCKYARD_TOKEN=headers["Authorization"].split()[1])
     followed = subprocess.run(
-        [sys.executable, "-m", "hub.cli", "jobs", "submit", "--follow", "--", "python", "-c",
+        [sys.executable, "-m", "dockyard.cli", "jobs", "submit", "--follow", "--", "python", "-c",
          "print('from the cli')"], env=env, capture_output=True, text=True, timeout=120)
     assert followed.returncode == 0, followed.stderr
     assert "queued (no image: a local process)" in followed.stdout

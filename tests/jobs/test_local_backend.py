@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
-from hub.jobs.worker import Worker
-from hub.models import RunState
-from hub.settings import Settings
+from dockyard.models import RunState
+from dockyard.settings import Settings
+from dockyard.worker.loop import Worker
 from spawner.jobs.base import EngineState, JobSpec, JobStatus
 from spawner.jobs.local import LocalJobBackend
 from tests.conftest import auth
@@ -154,7 +154,7 @@ class FlakyBackend(LocalJobBackend):
 def test_engine_errors_at_start_are_retried_then_fail_the_run(
         catalog: Settings, client: FlaskClient, monkeypatch: pytest.MonkeyPatch,
         failures: int, outcome: RunState) -> None:
-    import hub.jobs.worker as worker_module
+    import dockyard.worker.loop as worker_module
 
     monkeypatch.setattr(worker_module, "START_RETRY_SECONDS", 0.2)
     settings = catalog.model_copy(update=dict(job_backend="local", worker_poll_seconds=0.05))

@@ -14,13 +14,13 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.engine import make_url
 
-from hub.db import make_engine, make_session_factory
-from hub.jobs.service import create_run
-from hub.jobs.worker import Worker
-from hub.migrate import upgrade
-from hub.models import FINAL_STATES, ImageStatus, Run, RunEvent, RunState
-from hub.settings import Settings
-from hub.web.auth import User
+from dockyard.db import make_engine, make_session_factory
+from dockyard.jobs.service import create_run
+from dockyard.migrate import upgrade
+from dockyard.models import FINAL_STATES, ImageStatus, Run, RunEvent, RunState
+from dockyard.settings import Settings
+from dockyard.web.auth import User
+from dockyard.worker.loop import Worker
 from spawner.jobs.base import JobSpec, JobStatus
 from spawner.jobs.local import LocalJobBackend
 from tests.jobs.conftest import SHELL_IMAGE, add_images
@@ -64,7 +64,7 @@ def test_two_workers_never_dispatch_the_same_run(postgres_url: str, tmp_path: Pa
                         job_namespace="jtpg", worker_poll_seconds=0.05, max_concurrent_runs=6,
                         max_runs_per_user=3)
     add_images(postgres_url, (SHELL_IMAGE, True, ImageStatus.READY))
-    from hub.jobs.schemas import JobLimits, RunIn
+    from dockyard.jobs.schemas import JobLimits, RunIn
 
     engine = make_engine(postgres_url)
     sessions = make_session_factory(engine)

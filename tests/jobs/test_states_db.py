@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from hub.db import make_engine, make_session_factory, transaction, write_sessions
-from hub.jobs.states import advance
-from hub.models import Run, RunEvent, RunState
-from hub.settings import Settings
+from dockyard.db import make_engine, make_session_factory, transaction, write_sessions
+from dockyard.jobs.states import advance
+from dockyard.models import Run, RunEvent, RunState
+from dockyard.settings import Settings
 
 
 def test_late_and_duplicate_updates_cannot_move_a_run_back(migrated: Settings) -> None:

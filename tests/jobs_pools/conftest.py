@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from hub.settings import Settings
+from dockyard.settings import Settings
 from tests.jobs.conftest import catalog, runs_db  # noqa: F401  (fixtures reused here)
 from tests.support.moto import moto_server as run_moto_server
 

@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 import pytest
 from sqlalchemy import update
 
-from hub.models import Run, RunState
-from hub.settings import Settings
+from dockyard.models import Run, RunState
+from dockyard.settings import Settings
 from spawner.jobs.base import EngineState, JobSpec
 from spawner.jobs.ecs import EcsJobBackend, EcsOptions
 from tests.jobs.conftest import (

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from botocore.stub import Stubber
 
-from hub.settings import Settings
+from dockyard.settings import Settings
+from dockyard.worker.pools import JobPool, JobPools
 from spawner.jobs.base import EngineState, JobSpec, JobStartError
 from spawner.jobs.ecs import (
     RETRY_CONFIG,
@@ -23,7 +24,6 @@ from spawner.jobs.ecs import (
     EcsThrottled,
     task_definition_family,
 )
-from spawner.jobs.pools import JobPool, JobPools
 from tests.jobs_pools.conftest import pool_settings
 
 NS = "jp"

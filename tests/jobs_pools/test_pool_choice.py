@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from hub.jobs.worker import Worker
-from hub.models import RunState
-from hub.settings import Settings
+from dockyard.models import RunState
+from dockyard.settings import Settings
+from dockyard.worker.loop import Worker
 from spawner.jobs.base import JobStartError
 from tests.conftest import auth, client_for
 from tests.jobs.conftest import SHELL_IMAGE, RunsDb
@@ -234,10 +234,10 @@ def test_the_worker_builds_one_backend_per_pool(settings: Settings,
 
     require_docker()
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    from dockyard.worker.pools import JobPools
     from spawner.jobs.docker import DockerJobBackend
     from spawner.jobs.ecs import EcsJobBackend
     from spawner.jobs.local import LocalJobBackend
-    from spawner.jobs.pools import JobPools
     from spawner.jobs.swarm import SwarmJobBackend
 
     configured = pool_settings(settings, {

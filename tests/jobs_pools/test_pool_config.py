@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hub.jobs.pools import DEFAULT_POOL, JobPoolConfig, PoolPolicy, image_in_pool
-from hub.settings import SettingsError, load_settings
-from hub.web.auth import User
+from dockyard.jobs.pools import DEFAULT_POOL, JobPoolConfig, PoolPolicy, image_in_pool
+from dockyard.settings import SettingsError, load_settings
+from dockyard.web.auth import User
 
 FARGATE = {"backend": "ecs", "cluster": "batch", "subnets": ["subnet-1"],
            "security_groups": ["sg-1"], "execution_role_arn": "arn:aws:iam::1:role/exec",

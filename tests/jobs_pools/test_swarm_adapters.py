@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from hub.jobs.states import outcome
-from hub.models import RunState
+from dockyard.jobs.states import outcome
+from dockyard.models import RunState
 from spawner.jobs.base import EngineState, JobSpec, JobStartError
 from spawner.jobs.swarm import (
     LABEL_STOPPED,

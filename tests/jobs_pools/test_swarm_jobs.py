@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 import docker
 import pytest
 
-from hub.models import RunState
-from hub.settings import Settings
+from dockyard.models import RunState
+from dockyard.settings import Settings
 from spawner.jobs.base import LABEL_NAMESPACE, LABEL_RUN_ID
 from spawner.jobs.swarm import service_name
 from tests.jobs.conftest import (
@@ -130,7 +130,7 @@ def test_failure_keeps_the_exit_code_and_the_output(jobs: SwarmHarness) -> None:
 
 
 def test_an_image_no_node_has_fails_with_the_swarms_reason(jobs: SwarmHarness) -> None:
-    from hub.models import ImageStatus
+    from dockyard.models import ImageStatus
     from tests.jobs.conftest import add_images
 
     add_images(jobs.settings.db_url, ("dockyard-tests/absent:1", True, ImageStatus.READY))

@@ -21,8 +21,8 @@ import pytest
 import requests
 from sqlalchemy import delete, update
 
-from hub.db import make_engine, make_session_factory, transaction
-from hub.models import Image, ImageStatus
+from dockyard.db import make_engine, make_session_factory, transaction
+from dockyard.models import Image, ImageStatus
 from tests.support.hubproc import RunningHub, start_hub
 from tests.support.requirements import require_image
 from tests.support.swarm import swarm_active

@@ -14,10 +14,10 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 import spawner.notebook as notebook
-from hub.choices import RuntimeChoice
+from dockyard.runtime import RuntimeChoice
+from dockyard.settings import DEFAULT_NOTEBOOK_PROFILES, Settings
 from hub.hubconfig import configure_hub
-from hub.notebooks import NotebookImage
-from hub.settings import DEFAULT_NOTEBOOK_PROFILES, Settings
+from hub.notebook_images import NotebookImage
 from spawner.notebook import DockyardDockerSpawner, DockyardSwarmSpawner
 from spawner.options import NotebookChoice
 

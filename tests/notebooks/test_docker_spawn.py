@@ -15,7 +15,7 @@ import pytest
 import requests
 from docker.errors import NotFound
 
-from hub.models import ImageStatus
+from dockyard.models import ImageStatus
 from tests.notebooks.conftest import TEST_IMAGE, NotebookHub
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
@@ -405,7 +405,7 @@ def test_idle_culler_with_dockyards_scopes_stops_idle_servers(notebook_hub: Note
 
 
 def _hub_api_url(notebook_hub: NotebookHub) -> str:
-    from hub.settings import Settings
+    from dockyard.settings import Settings
     from spawner.environment import container_gateway
 
     gateway = container_gateway(Settings(home=notebook_hub.hub.home))

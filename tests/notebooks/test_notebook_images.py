@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from hub.db import make_engine, make_session_factory, transaction
-from hub.models import Image, ImageStatus
-from hub.notebooks import ImageNotAllowed, NotebookImages
-from hub.settings import Settings
+from dockyard.db import make_engine, make_session_factory, transaction
+from dockyard.models import Image, ImageStatus
+from dockyard.settings import Settings
+from hub.notebook_images import ImageNotAllowed, NotebookImages
 
 FALLBACK = "dockyard/notebook:latest"
 

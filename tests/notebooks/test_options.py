@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from hub.notebooks import NotebookImage
-from hub.settings import DEFAULT_NOTEBOOK_PROFILES, NotebookProfile
+from dockyard.settings import DEFAULT_NOTEBOOK_PROFILES, NotebookProfile
+from hub.notebook_images import NotebookImage
 from spawner.options import (
     InvalidChoice,
     asks_for_last_choice,

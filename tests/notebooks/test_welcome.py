@@ -16,9 +16,9 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from hub.db import make_engine, make_session_factory, transaction
-from hub.models import Image, ImageStatus
-from hub.settings import DEFAULT_NOTEBOOK_PROFILES
+from dockyard.db import make_engine, make_session_factory, transaction
+from dockyard.models import Image, ImageStatus
+from dockyard.settings import DEFAULT_NOTEBOOK_PROFILES
 from tests.notebooks.conftest import NotebookHub, running_notebook_hub
 from tests.support.requirements import require_image
 

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
-from hub.migrate import upgrade
+from dockyard.migrate import upgrade
 from tests.data.conftest import connect, data_app, live_url, tokens  # noqa: F401
 from tests.support.proxy import PausableProxy
 from tests.support.requirements import require_postgres

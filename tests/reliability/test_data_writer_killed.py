@@ -22,8 +22,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from hub.catalog import Catalog
-from hub.settings import Settings
+from dockyard.data import Catalog
+from dockyard.settings import Settings
 
 KILLS = 20
 ROWS = 200_000

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from hub.models import ImageStatus, RunState
-from hub.settings import Settings
-from hub.web import create_app
+from dockyard.models import ImageStatus, RunState
+from dockyard.settings import Settings
+from dockyard.web import create_app
 from tests.conftest import USERS, TokenTable, auth
 from tests.jobs.conftest import RunsDb, ThreadedWorker, add_images, log_file
 from tests.support.proxy import PausableProxy

@@ -22,9 +22,9 @@ import docker
 import pytest
 from flask import Flask
 
-from hub.models import ImageStatus, RunState
-from hub.settings import Settings
-from hub.web import create_app
+from dockyard.models import ImageStatus, RunState
+from dockyard.settings import Settings
+from dockyard.web import create_app
 from spawner.jobs.base import LABEL_NAMESPACE, LABEL_RUN_ID
 from tests.conftest import USERS, TokenTable, auth
 from tests.jobs.conftest import RunsDb, add_images, log_file
@@ -53,7 +53,7 @@ class WorkerProcess:
 
     def start(self) -> None:
         with open(self.log, "ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "hub.cli", "worker"],
+            self.process = subprocess.Popen([sys.executable, "-m", "dockyard.cli", "worker"],
                                             env=self.env, stdout=out, stderr=subprocess.STDOUT)
 
     def kill(self) -> None:

@@ -13,9 +13,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from hub.migrate import upgrade
-from hub.settings import Settings
-from hub.web import create_app
+from dockyard.migrate import upgrade
+from dockyard.settings import Settings
+from dockyard.web import create_app
 from tests.conftest import USERS, TokenTable
 from tests.security.world import World, seed
 

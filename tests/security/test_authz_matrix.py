@@ -25,7 +25,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from hub.models import Base
+from dockyard.models import Base
 from tests.conftest import auth
 from tests.security.conftest import ROLE_TOKENS, Seeded, log_in_with_cookie
 from tests.security.world import SHELL_IMAGE

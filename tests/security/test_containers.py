@@ -22,10 +22,10 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
-from hub.jobs.worker import Worker
-from hub.models import ImageStatus, RunState
-from hub.settings import Settings
-from hub.web import create_app
+from dockyard.models import ImageStatus, RunState
+from dockyard.settings import Settings
+from dockyard.web import create_app
+from dockyard.worker.loop import Worker
 from spawner.jobs.base import LABEL_NAMESPACE
 from tests.conftest import USERS, TokenTable, auth
 from tests.jobs.conftest import RunsDb, add_images, log_file

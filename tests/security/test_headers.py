@@ -14,9 +14,9 @@ import pytest
 from flask import Flask
 from werkzeug.test import Client
 
-from hub.settings import Settings
-from hub.web import create_app, mounted_app
-from hub.web.auth import HubIdentity
+from dockyard.settings import Settings
+from dockyard.web import create_app, mounted_app
+from dockyard.web.auth import HubIdentity
 from tests.conftest import USERS, TokenTable, auth
 from tests.security.conftest import Seeded, log_in_with_cookie
 

@@ -12,10 +12,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from hub.jobs.worker import Worker
-from hub.models import RunState
-from hub.settings import Settings
-from hub.web import create_app
+from dockyard.models import RunState
+from dockyard.settings import Settings
+from dockyard.web import create_app
+from dockyard.worker.loop import Worker
 from tests.conftest import USERS, TokenTable, auth
 from tests.jobs.conftest import RunsDb, add_images, log_file
 from tests.security.world import SHELL_IMAGE
@@ -25,7 +25,7 @@ ALICE = auth("tok-alice")
 
 @pytest.fixture
 def limited(migrated: Settings) -> Settings:
-    from hub.models import ImageStatus
+    from dockyard.models import ImageStatus
 
     add_images(migrated.db_url, (SHELL_IMAGE, True, ImageStatus.READY))
     return migrated.model_copy(update=dict(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from hub.models import ImageStatus
+from dockyard.models import ImageStatus
 from tests.jobs.conftest import SHELL_IMAGE, add_images
 from tests.security.test_headers import assert_hardened
 from tests.support.hubproc import RunningHub

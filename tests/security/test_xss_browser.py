@@ -23,9 +23,9 @@ import pytest
 from flask import Flask
 from werkzeug.serving import make_server
 
-from hub.migrate import upgrade
-from hub.settings import Settings
-from hub.web import create_app
+from dockyard.migrate import upgrade
+from dockyard.settings import Settings
+from dockyard.web import create_app
 from tests.browser.conftest import browser  # noqa: F401  (Playwright's Chromium)
 from tests.conftest import USERS, TokenTable
 from tests.security.world import World, seed

@@ -17,9 +17,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import update
 
-from hub.jobs.logs import log_path
-from hub.models import Image, ImageStatus, Run, RunState, utcnow
-from hub.settings import Settings
+from dockyard.jobs.logs import log_path
+from dockyard.models import Image, ImageStatus, Run, RunState, utcnow
+from dockyard.settings import Settings
 from tests.conftest import auth
 
 SHELL_IMAGE = "debian:bookworm-slim"

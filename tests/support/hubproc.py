@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 import psutil
 import requests
 
-from hub.processes import kill, managed_processes
+from dockyard.up.processes import kill, managed_processes
 from tests.support.ports import free_ports
 
 
@@ -58,7 +58,7 @@ class RunningHub:
         self.log_path = self.home / "up.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's life
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "hub.cli", "up"],
+            [sys.executable, "-m", "dockyard.cli", "up"],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -257,7 +257,7 @@ class UpProcess:
 def running_up(env: dict[str, str], log_path: Path) -> Iterator[UpProcess]:
     """Start ``dockyard up``; afterwards it and everything it started are gone."""
     log = open(log_path, "ab")  # noqa: SIM115 - closed below, after the process ended
-    process = subprocess.Popen([sys.executable, "-m", "hub.cli", "up"], env=env, stdout=log,
+    process = subprocess.Popen([sys.executable, "-m", "dockyard.cli", "up"], env=env, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
     up = UpProcess(process, log_path)
     try:

@@ -29,7 +29,7 @@ _PR_SET_CHILD_SUBREAPER = 36
 _OUR_COMMANDS = (
     "configurable-http-proxy",
     "jupyterhub",
-    "hub.cli",
+    "dockyard.cli",
     "jupyterhub_idle_culler",
     "jupyterhub-singleuser",
     "moto.server",

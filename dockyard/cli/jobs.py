@@ -1,0 +1,181 @@
+"""`dockyard jobs …`: submit, list, follow and cancel runs through the REST API.
+
+These are client commands: they talk to a running Dockyard at ``DOCKYARD_URL`` with the
+token in ``DOCKYARD_TOKEN`` (inside a job both are already set), like any API client.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+import requests
+
+from dockyard.cli import main
+
+FINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"}
+
+
+class Api:
+    def __init__(self, url: str, token: str) -> None:
+        base = url.rstrip("/")
+        self.base = base if base.endswith("/api/v1") else base + "/api/v1"
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"token {token}"
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.session.request(method, self.base + path, timeout=30, **kwargs)
+        except requests.RequestException as exc:
+            raise click.ClickException(f"cannot reach Dockyard at {self.base}: {exc}") from None
+        if response.status_code >= 400:
+            raise click.ClickException(_error_text(response))
+        return response.json() if response.content else None
+
+
+def _error_text(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}: {response.text[:200]}"
+    detail = body.get("detail")
+    if isinstance(detail, list):
+        detail = "; ".join(f"{d.get('field')}: {d.get('message')}" for d in detail)
+    return f"{body.get('error', response.status_code)}: {detail}" if detail else str(body)
+
+
+@main.group()
+@click.option("--url", envvar="DOCKYARD_URL", show_envvar=True,
+              help="Dockyard's address, e.g. http://127.0.0.1:8000/services/dockyard/")
+@click.option("--token", envvar="DOCKYARD_TOKEN", show_envvar=True,
+              help="A JupyterHub API token (from /hub/token) or a run's token.")
+@click.pass_context
+def jobs(ctx: click.Context, url: str | None, token: str | None) -> None:
+    """Batch jobs: submit runs, list them, read their logs, cancel them."""
+    if ctx.resilient_parsing or "--help" in sys.argv or "-h" in sys.argv:
+        return
+    if not url or not token:
+        raise click.UsageError("set DOCKYARD_URL and DOCKYARD_TOKEN (or --url and --token)")
+    ctx.obj = Api(url, token)
+
+
+@jobs.command()
+@click.argument("command", nargs=-1)
+@click.option("--definition", "definition_id", type=int, help="Start from this definition.")
+@click.option("--image", help="Image from the catalog (enabled for jobs).")
+@click.option("--shell", "shell_command", help="A shell command, run by the container's sh.")
+@click.option("--cpu", type=float)
+@click.option("--memory", "memory_mb", type=int, help="Memory limit in MB.")
+@click.option("--gpu", type=int)
+@click.option("-e", "--env", "env", multiple=True, metavar="NAME=VALUE")
+@click.option("-t", "--tag", "tags", multiple=True)
+@click.option("--timeout", "timeout_seconds", type=int, help="Seconds before the run is stopped.")
+@click.option("--retries", "max_retries", type=int, help="Automatic retries after a failure.")
+@click.option("--pool", help="Job pool to run in (default: 'default'; GET /pools lists yours).")
+@click.option("--follow", is_flag=True, help="Print the log until the run ends; exit with "
+              "its exit code.")
+@click.pass_obj
+def submit(api: Api, command: tuple[str, ...], shell_command: str | None, env: tuple[str, ...],
+           tags: tuple[str, ...], follow: bool, **fields: Any) -> None:
+    """Queue a run. COMMAND (after --) runs as given, without a shell:
+
+    \b
+        dockyard jobs submit --image dockyard/notebook:latest -- python train.py --epochs 3
+        dockyard jobs submit --definition 4 --env DAY=20240101 --follow
+    """
+    body: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
+    if command and shell_command:
+        raise click.UsageError("give either COMMAND or --shell, not both")
+    if command:
+        body["command"] = list(command)
+    elif shell_command:
+        body["command"] = shell_command
+    if env:
+        pairs = {}
+        for item in env:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise click.UsageError(f"--env {item!r}: write NAME=VALUE")
+            pairs[name] = value
+        body["env"] = pairs
+    if tags:
+        body["tags"] = list(tags)
+    run = api.call("POST", "/runs", json=body)
+    click.echo(f"Run {run['id']} queued ({run['image'] or 'no image: a local process'}).")
+    if follow:
+        sys.exit(_follow(api, run["id"]))
+
+
+@jobs.command("list")
+@click.option("--status", multiple=True, type=click.Choice(sorted(FINAL | {"QUEUED", "PENDING",
+                                                                           "RUNNING"})))
+@click.option("--tag")
+@click.option("--definition", type=int)
+@click.option("--owner", help="Admins: someone else's runs.")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+@click.pass_obj
+def list_runs(api: Api, status: tuple[str, ...], tag: str | None, definition: int | None,
+              owner: str | None, limit: int, as_json: bool) -> None:
+    """Your most recent runs."""
+    params: dict[str, Any] = {"limit": limit, "status": list(status)}
+    for key, value in (("tag", tag), ("definition", definition), ("owner", owner)):
+        if value is not None:
+            params[key] = value
+    page = api.call("GET", "/runs", params=params)
+    if as_json:
+        click.echo(json.dumps(page, indent=2))
+        return
+    click.echo(f"{'RUN':>6}  {'STATUS':<10} {'TRY':>3}  {'EXIT':>4}  {'QUEUED':<19}  "
+               "IMAGE / REASON")
+    for run in page["runs"]:
+        exit_code = "" if run["exit_code"] is None else str(run["exit_code"])
+        queued = run["queued_at"][:19].replace("T", " ")
+        click.echo(f"{run['id']:>6}  {run['status']:<10} {run['attempt']:>3}  {exit_code:>4}  "
+                   f"{queued:<19}  {run['image'] or '(local)'}  {run['reason']}".rstrip())
+
+
+@jobs.command()
+@click.argument("run_id", type=int)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the run ends.")
+@click.pass_obj
+def logs(api: Api, run_id: int, follow: bool) -> None:
+    """Print a run's log."""
+    if follow:
+        sys.exit(_follow(api, run_id))
+    offset = 0
+    while True:
+        chunk = api.call("GET", f"/runs/{run_id}/logs", params={"offset": offset})
+        click.echo(chunk["text"], nl=False)
+        if chunk["next_offset"] == offset or chunk["next_offset"] >= chunk["size"]:
+            return
+        offset = chunk["next_offset"]
+
+
+@jobs.command()
+@click.argument("run_id", type=int)
+@click.pass_obj
+def cancel(api: Api, run_id: int) -> None:
+    """Cancel a run (the worker stops it)."""
+    run = api.call("POST", f"/runs/{run_id}/cancel")
+    click.echo(f"Cancel of run {run['id']} requested (now {run['status']}).")
+
+
+def _follow(api: Api, run_id: int) -> int:
+    offset = 0
+    while True:
+        chunk = api.call("GET", f"/runs/{run_id}/logs", params={"offset": offset})
+        click.echo(chunk["text"], nl=False)
+        offset = chunk["next_offset"]
+        if chunk["complete"]:
+            run = api.call("GET", f"/runs/{run_id}")
+            click.echo(f"Run {run_id} {run['status']}"
+                       + (f": {run['reason']}" if run["reason"] else ""), err=True)
+            code = run["exit_code"]
+            return code if isinstance(code, int) and 0 <= code < 256 and code != 0 else (
+                0 if run["status"] == "SUCCEEDED" else 1)
+        if not chunk["text"]:
+            time.sleep(1)

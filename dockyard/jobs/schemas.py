@@ -1,0 +1,213 @@
+"""What a job definition or a run request may contain, checked field by field.
+
+The shapes (types, patterns, non-negative numbers, unknown fields) are checked here by
+pydantic, for the API and the web forms alike; the limits an admin sets (most CPUs,
+longest command …) are checked by ``JobLimits.check`` with the same field-level messages.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from dockyard.jobs.pools import PoolPolicy
+from dockyard.models import MAX_ID
+from dockyard.settings import Settings
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/=-]{0,63}$")
+DEFINITION_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+RESERVED_ENV_PREFIX = "DOCKYARD_"
+MAX_TAGS = 20
+# A ceiling far above any admin limit, so absurd payloads stop before the limit checks.
+_HARD_COMMAND_CEILING = 4 * 1024 * 1024
+
+Command = list[str] | str
+
+
+def _check_command(value: Command | None) -> Command | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not value.strip():
+            raise PydanticCustomError("command", "the command is empty")
+        if "\x00" in value:
+            raise PydanticCustomError("command", "the command contains a NUL character")
+    else:
+        if not value or not value[0]:
+            raise PydanticCustomError("command", "the command list is empty; give at least "
+                                      "the program to run")
+        if any("\x00" in arg for arg in value):
+            raise PydanticCustomError("command", "an argument contains a NUL character")
+    if len(json.dumps(value)) > _HARD_COMMAND_CEILING:
+        raise PydanticCustomError("command", "the command is far too long")
+    return value
+
+
+def _check_env(value: dict[str, str] | None) -> dict[str, str] | None:
+    if value is None:
+        return None
+    for name, item in value.items():
+        if not ENV_NAME.match(name):
+            raise PydanticCustomError(
+                "env_name", "'{name}' is not an environment variable name (letters, digits and "
+                "_; not starting with a digit)", {"name": name[:80]})
+        if name.upper().startswith(RESERVED_ENV_PREFIX):
+            raise PydanticCustomError(
+                "env_reserved", "'{name}': names starting with DOCKYARD_ are set by Dockyard",
+                {"name": name[:80]})
+        if "\x00" in item:
+            raise PydanticCustomError("env_value", "the value of '{name}' contains a NUL "
+                                      "character", {"name": name[:80]})
+    return value
+
+
+def _check_tags(value: list[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    if len(value) > MAX_TAGS:
+        raise PydanticCustomError("tags", "at most {n} tags", {"n": MAX_TAGS})
+    for tag in value:
+        if not TAG.match(tag):
+            raise PydanticCustomError(
+                "tag", "'{tag}' is not a tag: 1-64 letters, digits and _ . : / = -, starting "
+                "with a letter or digit", {"tag": tag[:80]})
+    return list(dict.fromkeys(value))  # drop repeats, keep order
+
+
+class JobFieldsIn(BaseModel):
+    """The runnable part shared by definitions and runs; every field optional here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str | None = Field(None, min_length=1, max_length=255,
+                              description="An image from the catalog, enabled for jobs. "
+                              "Unset: the jobs default image; in a local pool (no Docker "
+                              "engine) none, the run uses Dockyard's own Python environment.")
+    command: Command | None = Field(
+        None, description="An argv list (exec form) or a shell string, run by the "
+        "container's /bin/sh -c.")
+    cpu: float | None = Field(None, gt=0, description="CPUs (fractions allowed).")
+    memory_mb: int | None = Field(None, ge=16, description="Memory limit in MB.")
+    gpu: int | None = Field(None, ge=0, description="GPUs.")
+    env: dict[str, str] | None = Field(None, description="Extra environment variables.")
+    tags: list[str] | None = Field(None, description="Labels to find runs by.")
+    timeout_seconds: int | None = Field(None, ge=1, description="Stop the run after this long.")
+    max_retries: int | None = Field(None, ge=0, description="Automatic retries after a failure.")
+    pool: str | None = Field(None, min_length=1, max_length=64,
+                             description="Where the run goes: 'default' or a pool the admin "
+                             "configured (GET /pools lists yours).")
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _command_shape(cls, value: Any) -> Any:
+        is_argv = isinstance(value, list) and all(isinstance(a, str) for a in value)
+        if value is not None and not isinstance(value, str) and not is_argv:
+            raise PydanticCustomError("command", "give a list of strings (exec form) or one "
+                                      "shell string")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _valid_command(cls, value: Command | None) -> Command | None:
+        return _check_command(value)
+
+    @field_validator("env")
+    @classmethod
+    def _valid_env(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return _check_env(value)
+
+    @field_validator("tags")
+    @classmethod
+    def _valid_tags(cls, value: list[str] | None) -> list[str] | None:
+        return _check_tags(value)
+
+
+class DefinitionIn(JobFieldsIn):
+    """A job definition: a named, reusable recipe for runs."""
+
+    name: str = Field(..., pattern=DEFINITION_NAME, description="Unique among your definitions.")
+    description: str = Field("", max_length=4000)
+    command: Command = Field(...)
+
+
+class RunIn(JobFieldsIn):
+    """A run: from a definition (the other fields override it) or ad hoc."""
+
+    definition_id: int | None = Field(None, ge=1, le=MAX_ID,
+                                      description="Copy this definition's fields.")
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    field: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message}
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """The admin's limits, from the settings."""
+
+    max_cpu: float
+    max_memory_mb: int
+    max_gpu: int
+    max_timeout_seconds: int
+    max_retries: int
+    max_command_bytes: int
+    max_env_vars: int
+    max_env_bytes: int
+    page_size_max: int
+    #: Which job pools exist and who may use them.
+    pools: PoolPolicy = field(default_factory=PoolPolicy)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobLimits:
+        return cls(
+            max_cpu=settings.job_max_cpu, max_memory_mb=settings.job_max_memory_mb,
+            max_gpu=settings.job_max_gpu, max_timeout_seconds=settings.job_max_timeout_seconds,
+            max_retries=settings.job_max_retries, max_command_bytes=settings.job_max_command_bytes,
+            max_env_vars=settings.job_max_env_vars, max_env_bytes=settings.job_max_env_bytes,
+            page_size_max=settings.api_page_size_max,
+            pools=PoolPolicy.from_settings(settings),
+        )
+
+    def check(self, fields: dict[str, Any]) -> list[FieldProblem]:
+        problems: list[FieldProblem] = []
+
+        def over(name: str, message: str) -> None:
+            problems.append(FieldProblem(name, message))
+
+        command = fields.get("command")
+        if command is not None and len(json.dumps(command).encode()) > self.max_command_bytes:
+            over("command", f"the command is longer than the {self.max_command_bytes} bytes "
+                 "allowed; put long scripts in the image or in a file")
+        cpu = fields.get("cpu")
+        if cpu is not None and cpu > self.max_cpu:
+            over("cpu", f"at most {self.max_cpu:g} CPUs per run")
+        memory = fields.get("memory_mb")
+        if memory is not None and memory > self.max_memory_mb:
+            over("memory_mb", f"at most {self.max_memory_mb} MB per run")
+        gpu = fields.get("gpu")
+        if gpu and gpu > self.max_gpu:
+            over("gpu", "this installation offers no GPUs" if self.max_gpu == 0
+                 else f"at most {self.max_gpu} GPUs per run")
+        timeout = fields.get("timeout_seconds")
+        if timeout is not None and timeout > self.max_timeout_seconds:
+            over("timeout_seconds", f"at most {self.max_timeout_seconds} seconds")
+        retries = fields.get("max_retries")
+        if retries is not None and retries > self.max_retries:
+            over("max_retries", f"at most {self.max_retries} retries")
+        env = fields.get("env") or {}
+        if len(env) > self.max_env_vars:
+            over("env", f"at most {self.max_env_vars} variables")
+        elif sum(len(k) + len(v) for k, v in env.items()) > self.max_env_bytes:
+            over("env", f"at most {self.max_env_bytes} bytes of names and values")
+        return problems

@@ -1,0 +1,39 @@
+"""Dockyard's own tables (JupyterHub keeps its own database)."""
+
+from dockyard.models.base import MAX_ID, Base, utcnow
+from dockyard.models.catalog import (
+    Batch,
+    BatchRead,
+    BatchState,
+    DataTable,
+    Namespace,
+    PartitionPointer,
+    PointerAction,
+    PointerHistory,
+)
+from dockyard.models.images import CuratedImageSeed, Image, ImageEvent, ImageStatus
+from dockyard.models.jobs import FINAL_STATES, JobDefinition, Run, RunEvent, RunState, RunTag
+
+__all__ = [
+    "FINAL_STATES",
+    "MAX_ID",
+    "Base",
+    "Batch",
+    "BatchRead",
+    "BatchState",
+    "CuratedImageSeed",
+    "DataTable",
+    "Image",
+    "ImageEvent",
+    "ImageStatus",
+    "JobDefinition",
+    "Namespace",
+    "PartitionPointer",
+    "PointerAction",
+    "PointerHistory",
+    "Run",
+    "RunEvent",
+    "RunState",
+    "RunTag",
+    "utcnow",
+]

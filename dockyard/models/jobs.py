@@ -1,0 +1,133 @@
+"""Job definitions, runs and the audit trail of every run's state changes."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Enum, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from dockyard.models.base import Base, utcnow
+
+
+class RunState(enum.StrEnum):
+    QUEUED = "QUEUED"
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMED_OUT = "TIMED_OUT"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset(
+    {RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT}
+)
+
+
+class JobDefinition(Base):
+    __tablename__ = "job_definitions"
+    __table_args__ = (UniqueConstraint("owner", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    description: Mapped[str] = mapped_column(Text, default="")
+    image: Mapped[str] = mapped_column(String(255))
+    # An argv list or a shell string, stored exactly as the user gave it.
+    command: Mapped[Any] = mapped_column(JSON)
+    cpu: Mapped[float] = mapped_column(default=1.0)
+    memory_mb: Mapped[int] = mapped_column(default=1024)
+    gpu: Mapped[int] = mapped_column(default=0)
+    env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    timeout_seconds: Mapped[int | None]
+    max_retries: Mapped[int] = mapped_column(default=0)
+    pool: Mapped[str] = mapped_column(String(64), default="default")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_owner_id", "owner", "id"),
+        Index("ix_runs_status_id", "status", "id"),
+        # A user's runs sorted by start or finish page by keyset without a sort.
+        Index("ix_runs_owner_started_at", "owner", "started_at"),
+        Index("ix_runs_owner_finished_at", "owner", "finished_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    definition_id: Mapped[int | None] = mapped_column(
+        ForeignKey("job_definitions.id", ondelete="SET NULL"), index=True
+    )
+    owner: Mapped[str] = mapped_column(String(64))
+    image: Mapped[str] = mapped_column(String(255), index=True)
+    command: Mapped[Any] = mapped_column(JSON)
+    cpu: Mapped[float]
+    memory_mb: Mapped[int]
+    gpu: Mapped[int] = mapped_column(default=0)
+    env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    timeout_seconds: Mapped[int | None]
+    max_retries: Mapped[int] = mapped_column(default=0)
+    attempt: Mapped[int] = mapped_column(default=1)
+    # The first attempt of a retried run; every attempt keeps its own row.
+    retry_of_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), index=True)
+    pool: Mapped[str] = mapped_column(String(64), default="default")
+    backend: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[RunState] = mapped_column(
+        Enum(RunState, native_enum=False, length=16), default=RunState.QUEUED
+    )
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    exit_code: Mapped[int | None]
+    reason: Mapped[str] = mapped_column(Text, default="")
+    engine_handle: Mapped[str | None] = mapped_column(String(255))
+    node: Mapped[str | None] = mapped_column(String(255))
+    # The worker that claimed the run and watches it; a restarted worker takes back its own.
+    worker: Mapped[str | None] = mapped_column(String(128))
+    log_location: Mapped[str | None] = mapped_column(String(512))
+    token_hash: Mapped[str | None] = mapped_column(String(128))
+    queued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Indexed so that the runs list sorted by start or finish pages by keyset quickly.
+    started_at: Mapped[datetime | None] = mapped_column(index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(index=True)
+
+    definition: Mapped[JobDefinition | None] = relationship()
+    tags: Mapped[list[RunTag]] = relationship(cascade="all, delete-orphan")
+    events: Mapped[list[RunEvent]] = relationship(
+        back_populates="run", order_by="RunEvent.id", cascade="all, delete-orphan"
+    )
+
+
+class RunTag(Base):
+    """One row per tag, so the runs list can filter by tag with an index."""
+
+    __tablename__ = "run_tags"
+    # (tag, run_id): the runs with a tag, newest first, straight from the index.
+    __table_args__ = (Index("ix_run_tags_tag_run_id", "tag", "run_id"),)
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class RunEvent(Base):
+    """One state change of a run, with who caused it and why: the audit trail."""
+
+    __tablename__ = "run_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+    run: Mapped[Run] = relationship(back_populates="events")

@@ -1,0 +1,90 @@
+"""Decide, once at start-up, how notebooks and jobs will run, and say why."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from dockyard.settings import ENV_PREFIX, Settings, SettingsError
+from spawner.engine import EngineCheck, check_docker, image_present
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    spawner: str  # docker | swarm | local
+    job_backend: str  # docker | local
+    notebook_image: str
+    notes: tuple[str, ...]
+
+
+def choose_runtime(settings: Settings, engine: EngineCheck | None = None) -> RuntimeChoice:
+    needs_engine = "auto" in (settings.spawner, settings.job_backend) or {
+        settings.spawner,
+        settings.job_backend,
+    } & {"docker", "swarm"}
+    engine = engine or (check_docker() if needs_engine else EngineCheck(False, "not checked"))
+    notes: list[str] = []
+
+    spawner = settings.spawner
+    if spawner == "auto":
+        if not engine.available:
+            spawner = "local"
+            notes.append(
+                f"Notebooks: local processes, development mode without isolation: {engine.reason}."
+            )
+        elif not image_present(settings.notebook_image):
+            spawner = "local"
+            notes.append(
+                f"Notebooks: local processes, development mode without isolation: "
+                f"image {settings.notebook_image} is not on the {engine.reason} "
+                f"(build it with 'dockyard images build' or set DOCKYARD_NOTEBOOK_IMAGE)."
+            )
+        else:
+            spawner = "docker"
+            notes.append(
+                f"Notebooks: containers from {settings.notebook_image} on the {engine.reason}."
+            )
+    else:
+        notes.append(f"Notebooks: {spawner} (DOCKYARD_SPAWNER={spawner}).")
+
+    job_backend = settings.job_backend
+    if job_backend == "auto":
+        job_backend = "docker" if engine.available else "local"
+        if engine.available:
+            notes.append(f"Jobs: containers on the {engine.reason}.")
+        else:
+            notes.append(
+                f"Jobs: local processes, development mode without isolation: {engine.reason}."
+            )
+    else:
+        notes.append(f"Jobs: {job_backend} (DOCKYARD_JOB_BACKEND={job_backend}).")
+    return RuntimeChoice(spawner, job_backend, settings.notebook_image, tuple(notes))
+
+
+@contextmanager
+def engine_problems_explained(settings: Settings) -> Iterator[None]:
+    """Docker engine errors met while starting up become one line naming the setting to
+    look at (the engine answered when the runtime was chosen), never a traceback."""
+    import docker.errors
+    from requests.exceptions import RequestException
+
+    try:
+        yield
+    except (docker.errors.DockerException, RequestException) as exc:
+        raise _engine_problem(exc, settings) from None
+
+
+def _engine_problem(exc: Exception, settings: Settings) -> SettingsError:
+    import docker.errors
+
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, docker.errors.NotFound):
+        return SettingsError(
+            f"{ENV_PREFIX}DOCKER_NETWORK: the Docker engine has no network "
+            f"'{settings.docker_network}' ({reason}); create it or choose another"
+        )
+    return SettingsError(
+        f"{ENV_PREFIX}SPAWNER: the Docker engine stopped answering during start-up "
+        f"({reason}); start it again, or set {ENV_PREFIX}SPAWNER=local"
+    )

@@ -1,0 +1,588 @@
+"""REST API: the image catalog.
+
+Everyone may list the images they can choose (enabled for notebooks or jobs, and
+usable); admins see every image and may register, build, change, retire and delete.
+Builds and inspections are done by the worker; this API records the request and offers
+the build log incrementally (``GET images/{id}/build-log?offset=N``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from functools import wraps
+from typing import Any, Literal
+
+from flask import current_app, request
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from sqlalchemy.orm import Session, sessionmaker
+
+from dockyard.db import transaction, write_sessions
+from dockyard.images.catalog import default_image
+from dockyard.images.context import ContextRejected, assemble_upload
+from dockyard.images.engine import image_engine
+from dockyard.images.service import (
+    ImageChanges,
+    ImageServiceError,
+    NewImage,
+    all_images,
+    build_is_active,
+    build_log_since,
+    create_build,
+    delete_image,
+    describe_source,
+    diff_contents,
+    directory_source,
+    events_of,
+    get_image,
+    invalid,
+    is_offered,
+    new_upload_path,
+    offered_images,
+    register_image,
+    request_build,
+    update_image,
+    upload_source,
+    versions_of,
+)
+from dockyard.images.usage import ImageUsage, notebook_servers_by_image, usage_of
+from dockyard.models import MAX_ID, Image, ImageEvent
+from dockyard.web.api import registry, route
+from dockyard.web.auth import User, current_user, require_admin
+from dockyard.web.context import db, settings
+from dockyard.web.errors import ApiError
+
+TAG = "images"
+
+
+# -- models ----------------------------------------------------------------------------
+
+
+class ImageEventOut(BaseModel):
+    at: datetime
+    actor: str
+    action: str
+    detail: str
+
+
+class ImageUsageOut(BaseModel):
+    servers: list[str] | None = Field(
+        description="Running notebook servers ('user' or 'user/server'); null when the hub "
+        "and the engine could not be asked."
+    )
+    runs: list[dict[str, Any]] = Field(description="Unfinished runs using the image.")
+    definitions: list[dict[str, Any]] = Field(description="Job definitions naming the image.")
+
+
+class ImageOut(BaseModel):
+    id: int
+    reference: str
+    digest: str | None
+    size_bytes: int | None
+    description: str
+    status: str
+    status_detail: str
+    for_notebooks: bool
+    for_jobs: bool
+    default_for_notebooks: bool
+    default_for_jobs: bool
+    profiles: list[str]
+    build_source: str | None
+    building: bool
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    inspected_at: datetime | None
+    versions: dict[str, str | None]
+    kernels: list[str]
+    contents: dict[str, Any] | None = Field(
+        None, description="Everything the inspection found (single-image answers only)."
+    )
+    usage: ImageUsageOut | None = Field(None, description="Who uses it now (admins only).")
+    events: list[ImageEventOut] | None = Field(
+        None, description="Every change: who, what, when (admins, single-image answers)."
+    )
+
+
+class ImageList(BaseModel):
+    images: list[ImageOut]
+
+
+class ImageListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    use: Literal["notebooks", "jobs"] | None = Field(
+        None, description="Only images enabled for this use."
+    )
+
+
+class CreateImage(BaseModel):
+    """Register an image the engine has, or (with ``build_from``) build one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reference: str = Field(max_length=255, description="e.g. team/spark:2024.06")
+    description: str = Field("", max_length=2000)
+    for_notebooks: StrictBool = False
+    for_jobs: StrictBool = False
+    profiles: list[str] = Field(
+        default_factory=list, description="Notebook profiles allowed with it; empty: all."
+    )
+    build_from: str | None = Field(
+        None,
+        description="Build from this image directory (images/NAME) instead of registering "
+        "an image the engine already has. To build from an uploaded Dockerfile and "
+        "context, send multipart/form-data with these fields plus files 'dockerfile' "
+        "and/or 'context' (tar, tar.gz).",
+    )
+
+
+class ImagePatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    description: str | None = Field(None, max_length=2000)
+    for_notebooks: StrictBool | None = None
+    for_jobs: StrictBool | None = None
+    default_for_notebooks: StrictBool | None = Field(
+        None, description="true makes it the default (unsetting the previous default)."
+    )
+    default_for_jobs: StrictBool | None = None
+    profiles: list[str] | None = None
+    status: Literal["retired", "active"] | None = Field(
+        None, description="'retired': no new servers or runs; 'active': unretire."
+    )
+
+
+class BuildRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    directory: str | None = Field(
+        None,
+        description="Image directory (images/NAME) to build from; omitted: the image's last "
+        "source. Or send multipart/form-data with files 'dockerfile' and/or 'context'.",
+    )
+
+
+class BuildLogQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    offset: int = Field(0, ge=0, description="Characters already read.")
+
+
+class BuildLogOut(BaseModel):
+    image_id: int
+    offset: int
+    next_offset: int
+    text: str
+    status: str
+    building: bool
+
+
+class DiffQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: int = Field(alias="from", ge=1, le=MAX_ID, description="The older image's id.")
+    to: int = Field(ge=1, le=MAX_ID, description="The newer image's id.")
+
+
+class PackageChanges(BaseModel):
+    added: list[dict[str, str]]
+    removed: list[dict[str, str]]
+    changed: list[dict[str, str]]
+    unchanged: int
+
+
+class ImageDiffOut(BaseModel):
+    from_image: str
+    to_image: str
+    versions: list[dict[str, str | None]]
+    kernels: dict[str, list[str]]
+    pip_packages: PackageChanges
+    r_packages: PackageChanges
+
+
+# -- helpers shared with the pages -----------------------------------------------------
+
+
+def service_errors(view: Callable[..., Any]) -> Callable[..., Any]:
+    """The catalog's refusals as the API's JSON errors."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return view(*args, **kwargs)
+        except ImageServiceError as exc:
+            raise ApiError(exc.status, exc.error, exc.detail) from None
+
+    return wrapper
+
+
+def writer() -> sessionmaker[Session]:
+    """Sessions that take SQLite's write lock at BEGIN: an admin's read-then-write must
+    not collide with the worker appending a build log."""
+    found = current_app.extensions.get("dockyard.images.writer")
+    if found is None:
+        found = write_sessions(current_app.extensions["dockyard.engine"])
+        current_app.extensions["dockyard.images.writer"] = found
+    return found
+
+
+def buildable_directories() -> dict[str, str]:
+    """images/NAME directories an admin may build, with what each image is."""
+    return image_engine(settings()).buildable_directories()
+
+
+def known_profiles() -> list[str]:
+    return [profile.name for profile in settings().notebook_profiles]
+
+
+def acting_admin() -> str:
+    return require_admin().name
+
+
+def caller() -> User:
+    user = current_user()
+    assert user is not None
+    return user
+
+
+def servers_now(session: Session) -> dict[str, list[str]] | None:
+    """Running notebook servers by image (None: nobody could tell)."""
+    chosen = default_image(session, "notebooks")
+    default_ref = chosen.reference if chosen is not None else settings().notebook_image
+    return notebook_servers_by_image(default_ref, settings().docker_name_prefix)
+
+
+def usage_for(session: Session, images: list[Image]) -> dict[str, ImageUsage]:
+    return usage_of(session, [image.reference for image in images], servers_now(session))
+
+
+def image_out(
+    image: Image,
+    *,
+    usage: ImageUsage | None = None,
+    events: list[ImageEvent] | None = None,
+    full: bool = False,
+) -> ImageOut:
+    contents = image.contents or {}
+    return ImageOut(
+        id=image.id,
+        reference=image.reference,
+        digest=image.digest,
+        size_bytes=image.size_bytes,
+        description=image.description or "",
+        status=image.status.value,
+        status_detail=image.status_detail or "",
+        for_notebooks=image.for_notebooks,
+        for_jobs=image.for_jobs,
+        default_for_notebooks=image.default_for_notebooks,
+        default_for_jobs=image.default_for_jobs,
+        profiles=list(image.profiles or []),
+        build_source=describe_source(image.build_context) if image.build_context else None,
+        building=build_is_active(image),
+        created_by=image.created_by,
+        created_at=image.created_at,
+        updated_at=image.updated_at,
+        inspected_at=image.inspected_at,
+        versions=versions_of(image),
+        kernels=sorted((contents.get("kernels") or {}).keys()),
+        contents=contents if full else None,
+        usage=(
+            ImageUsageOut(servers=usage.servers, runs=usage.runs, definitions=usage.definitions)
+            if usage is not None
+            else None
+        ),
+        events=(
+            [
+                ImageEventOut(at=e.at, actor=e.actor, action=e.action, detail=e.detail)
+                for e in events
+            ]
+            if events is not None
+            else None
+        ),
+    )
+
+
+def visible_image(session: Session, image_id: int, user: User) -> Image:
+    """The image if this caller may see it: admins all, users the enabled ones (else 404,
+    as if it did not exist)."""
+    image = get_image(session, image_id)
+    if not user.admin and not is_offered(image):
+        raise ImageServiceError(404, "Not Found", f"No image #{image_id} in the catalog.")
+    return image
+
+
+def upload_from_request() -> str | None:
+    """An uploaded Dockerfile/context, checked and stored for the worker; None when the
+    request carries no files."""
+    cap = settings().image_upload_max_mb * 1024 * 1024
+    if request.content_length and request.content_length > cap:
+        raise ImageServiceError(
+            413,
+            "Upload too large",
+            f"Build uploads are limited to {settings().image_upload_max_mb} MB "
+            "(DOCKYARD_IMAGE_UPLOAD_MAX_MB).",
+        )
+    dockerfile = request.files.get("dockerfile")
+    context = request.files.get("context")
+    dockerfile = dockerfile if dockerfile is not None and dockerfile.filename else None
+    context = context if context is not None and context.filename else None
+    if dockerfile is None and context is None:
+        return None
+    path = new_upload_path(settings())
+    try:
+        assemble_upload(
+            path,
+            dockerfile=dockerfile.stream if dockerfile else None,
+            archive=context.stream if context else None,
+            max_bytes=cap,
+        )
+    except ContextRejected as exc:
+        raise invalid(exc.field, exc.message) from None
+    return upload_source(path.name)
+
+
+def discard_upload(source: str | None) -> None:
+    if source and source.startswith("upload:"):
+        (settings().home / "image-builds" / source.split(":", 1)[1]).unlink(missing_ok=True)
+
+
+def create_from_request(new: NewImage, build_from: str | None, actor: str) -> Image:
+    """Register, or build from a directory or an upload, as the request asks."""
+    upload = upload_from_request() if request.files else None
+    try:
+        with transaction(writer()) as session:
+            if upload is not None:
+                image = create_build(
+                    session, new, upload, actor=actor, known_profiles=known_profiles()
+                )
+            elif build_from:
+                source = directory_source(build_from, image_engine(settings()))
+                image = create_build(
+                    session, new, source, actor=actor, known_profiles=known_profiles()
+                )
+            else:
+                image = register_image(
+                    session, image_engine(settings()), new, actor=actor,
+                    known_profiles=known_profiles(),
+                )
+        return image
+    except Exception:
+        discard_upload(upload)
+        raise
+
+
+def build_from_request(image_id: int, directory: str | None, actor: str) -> Image:
+    upload = upload_from_request() if request.files else None
+    try:
+        with transaction(writer()) as session:
+            image = get_image(session, image_id)
+            if upload is not None:
+                source: str | None = upload
+            elif directory:
+                source = directory_source(directory, image_engine(settings()))
+            else:
+                source = None
+            return request_build(session, image, source, actor=actor, settings=settings())
+    except Exception:
+        discard_upload(upload)
+        raise
+
+
+def delete_with_usage_check(image_id: int, actor: str) -> None:
+    session = db()
+    get_image(session, image_id)
+    # Asked before taking the write lock: the hub is another process and may be slow.
+    servers = servers_now(session)
+    session.rollback()
+    with transaction(writer()) as write:
+        image = get_image(write, image_id)
+        usage = usage_of(write, [image.reference], servers)[image.reference]
+        delete_image(write, image, usage, actor=actor, settings=settings())
+
+
+def diff_of(session: Session, from_id: int, to_id: int, user: User) -> ImageDiffOut:
+    old = visible_image(session, from_id, user)
+    new = visible_image(session, to_id, user)
+    changes = diff_contents(old.contents or {}, new.contents or {})
+    return ImageDiffOut(from_image=old.reference, to_image=new.reference, **changes)
+
+
+def _form_or_json_create() -> tuple[NewImage, str | None]:
+    if request.is_json:
+        payload = request.get_json(silent=True)
+        if payload is None:
+            raise ApiError(400, "Malformed JSON", "The request body is not valid JSON.")
+        body = CreateImage.model_validate(payload)
+    elif request.mimetype == "multipart/form-data":
+        form = request.form
+        body = CreateImage.model_validate(
+            {
+                "reference": form.get("reference", ""),
+                "description": form.get("description", ""),
+                "for_notebooks": form.get("for_notebooks") in ("true", "on", "1"),
+                "for_jobs": form.get("for_jobs") in ("true", "on", "1"),
+                "profiles": [p for p in form.getlist("profiles") if p],
+                "build_from": form.get("build_from") or None,
+            }
+        )
+    else:
+        raise ApiError(
+            415,
+            "Expected JSON or a form",
+            "Send JSON, or multipart/form-data to upload a Dockerfile and context.",
+        )
+    new = NewImage(
+        reference=body.reference,
+        description=body.description,
+        for_notebooks=body.for_notebooks,
+        for_jobs=body.for_jobs,
+        profiles=tuple(body.profiles),
+    )
+    return new, body.build_from
+
+
+# -- routes ----------------------------------------------------------------------------
+
+
+@route("/images", tag=TAG, query=ImageListQuery, response=ImageList)
+@service_errors
+def list_images(query: ImageListQuery) -> ImageList:
+    """The image catalog.
+
+    Admins see every image with who uses it; other users see the images they may
+    choose (enabled and usable), read-only.
+    """
+    user = caller()
+    session = db()
+    images = all_images(session) if user.admin else offered_images(session)
+    if query.use:
+        images = [i for i in images if getattr(i, f"for_{query.use}")]
+    if not user.admin:
+        return ImageList(images=[image_out(image) for image in images])
+    usage = usage_for(session, images)
+    return ImageList(images=[image_out(i, usage=usage[i.reference]) for i in images])
+
+
+@route("/images", "POST", tag=TAG, response=ImageOut, status=201, admin=True,
+       responses={404: "The engine has no image by that name",
+                  409: "The image is already in the catalog"})
+@service_errors
+def create_image(**_: Any) -> Any:
+    """Register an image the engine has, or build a new one.
+
+    JSON: ``{"reference": ...}`` registers an existing image (404 when the engine has
+    none by that name); with ``"build_from": "NAME"`` builds images/NAME. A
+    multipart/form-data request with files ``dockerfile`` and/or ``context`` builds the
+    upload. Builds and the inspection run in the worker; follow ``build-log``.
+    """
+    actor = acting_admin()
+    new, build_from = _form_or_json_create()
+    image = create_from_request(new, build_from, actor)
+    return image_out(image, full=True)
+
+
+# The body may be JSON or multipart; the handler parses it, the document shows the JSON.
+registry.operations[-1].body = CreateImage
+
+
+@route("/images/diff", tag=TAG, query=DiffQuery, response=ImageDiffOut,
+       responses={404: "No such image in the catalog (or not offered to you)"})
+@service_errors
+def diff_images(query: DiffQuery) -> ImageDiffOut:
+    """What changed between two images: versions, kernels, pip and R packages."""
+    return diff_of(db(), query.from_, query.to, caller())
+
+
+@route("/images/<int:image_id>", tag=TAG, response=ImageOut)
+@service_errors
+def get_image_route(image_id: int) -> ImageOut:
+    """One image, with what it contains; for admins also who uses it and its history."""
+    user = caller()
+    session = db()
+    image = visible_image(session, image_id, user)
+    if not user.admin:
+        return image_out(image, full=True)
+    usage = usage_for(session, [image])[image.reference]
+    return image_out(image, usage=usage, events=events_of(session, image), full=True)
+
+
+@route("/images/<int:image_id>", "PATCH", tag=TAG, body=ImagePatch, response=ImageOut, admin=True,
+       responses={409: "Not possible in the image's state (retired, building, unusable)"})
+@service_errors
+def patch_image(image_id: int, body: ImagePatch) -> ImageOut:
+    """Change description, uses, defaults, profiles; retire or unretire."""
+    actor = acting_admin()
+    changes = ImageChanges(
+        description=body.description,
+        for_notebooks=body.for_notebooks,
+        for_jobs=body.for_jobs,
+        default_for_notebooks=body.default_for_notebooks,
+        default_for_jobs=body.default_for_jobs,
+        profiles=tuple(body.profiles) if body.profiles is not None else None,
+        status=body.status,
+    )
+    with transaction(writer()) as session:
+        image = update_image(
+            session, get_image(session, image_id), changes, actor=actor,
+            known_profiles=known_profiles(),
+        )
+        session.flush()
+        events = events_of(session, image)
+    return image_out(image, events=events, full=True)
+
+
+@route("/images/<int:image_id>", "DELETE", tag=TAG, status=204, admin=True,
+       responses={409: "Notebook servers, runs or definitions still use it"})
+@service_errors
+def delete_image_route(image_id: int) -> Any:
+    """Remove an image from the catalog; 409 naming who uses it while anything does."""
+    delete_with_usage_check(image_id, acting_admin())
+    return "", 204
+
+
+@route("/images/<int:image_id>/build", "POST", tag=TAG, response=ImageOut, status=202, admin=True,
+       responses={409: "The image is retired or already building"})
+@service_errors
+def build_image(image_id: int, **_: Any) -> Any:
+    """Build (or rebuild) the image in the worker.
+
+    JSON ``{"directory": "NAME"}`` builds images/NAME; an empty body rebuilds from the
+    last source; multipart/form-data with files ``dockerfile`` and/or ``context``
+    builds the upload. Follow ``build-log``.
+    """
+    actor = acting_admin()
+    directory = None
+    if request.is_json:
+        payload = request.get_json(silent=True)
+        if payload is None:
+            raise ApiError(400, "Malformed JSON", "The request body is not valid JSON.")
+        directory = BuildRequest.model_validate(payload).directory
+    elif request.mimetype == "multipart/form-data":
+        directory = request.form.get("directory") or None
+    image = build_from_request(image_id, directory, actor)
+    return image_out(image, full=True)
+
+
+registry.operations[-1].body = BuildRequest
+
+
+@route(
+    "/images/<int:image_id>/build-log", tag=TAG, query=BuildLogQuery, response=BuildLogOut,
+    admin=True,
+)
+@service_errors
+def build_log(image_id: int, query: BuildLogQuery) -> BuildLogOut:
+    """The build log from ``offset`` on; ask again with ``next_offset`` while
+    ``building`` is true."""
+    session = db()
+    text, next_offset = build_log_since(session, image_id, query.offset)
+    image = get_image(session, image_id)
+    return BuildLogOut(
+        image_id=image_id,
+        offset=min(query.offset, next_offset),
+        next_offset=next_offset,
+        text=text,
+        status=image.status.value,
+        building=build_is_active(image),
+    )

@@ -1,0 +1,346 @@
+"""REST API: job definitions and runs. Thin: parse, call dockyard.jobs.service, shape the answer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Response, send_file
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from dockyard.jobs import service
+from dockyard.jobs.logs import log_path, read_log
+from dockyard.jobs.schemas import Command, DefinitionIn, JobLimits, RunIn
+from dockyard.jobs.service import Conflict, InvalidJob, NotFound, RunFilters, SortKey
+from dockyard.models import MAX_ID, JobDefinition, Run, RunEvent, RunState
+from dockyard.web.api import route
+from dockyard.web.auth import User, current_user
+from dockyard.web.context import db, settings
+from dockyard.web.errors import ApiError
+from dockyard.web.jobs import write_db
+
+# -- what the API returns ------------------------------------------------------------------
+NO_IMAGE_MEANS = ("null: no image; the run is a local process in Dockyard's own Python "
+                  "environment (a local pool, on a machine without Docker).")
+
+
+class RunOut(BaseModel):
+    id: int
+    definition_id: int | None
+    definition_name: str | None
+    owner: str
+    image: str | None = Field(description=NO_IMAGE_MEANS)
+    command: Command
+    cpu: float
+    memory_mb: int
+    gpu: int
+    env: dict[str, str]
+    tags: list[str]
+    timeout_seconds: int | None
+    max_retries: int
+    attempt: int
+    retry_of_id: int | None
+    backend: str | None
+    pool: str = Field(description="The job pool the run went to.")
+    node: str | None = Field(description="Where it ran: the Swarm node, the ECS container "
+                             "instance (or Fargate zone).")
+    engine_handle: str | None = Field(description="The engine's id of its job: container "
+                                      "id, Swarm service id, ECS task ARN.")
+    status: RunState
+    cancel_requested: bool
+    exit_code: int | None
+    reason: str
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_seconds: float | None = Field(description="Running time, so far if still running.")
+
+    @classmethod
+    def of(cls, run: Run) -> RunOut:
+        return cls(
+            id=run.id, definition_id=run.definition_id,
+            definition_name=run.definition.name if run.definition else None, owner=run.owner,
+            image=run.image or None, command=run.command, cpu=run.cpu, memory_mb=run.memory_mb,
+            gpu=run.gpu, env=run.env, tags=[t.tag for t in run.tags],
+            timeout_seconds=run.timeout_seconds, max_retries=run.max_retries,
+            attempt=run.attempt, retry_of_id=run.retry_of_id, backend=run.backend,
+            pool=run.pool, node=run.node, engine_handle=run.engine_handle,
+            status=run.status, cancel_requested=run.cancel_requested, exit_code=run.exit_code,
+            reason=run.reason, queued_at=run.queued_at, started_at=run.started_at,
+            finished_at=run.finished_at, duration_seconds=duration_seconds(run),
+        )
+
+
+def duration_seconds(run: Run) -> float | None:
+    if run.started_at is None:
+        return None
+    from dockyard.models import utcnow
+
+    end = run.finished_at or utcnow()
+    return round(max(0.0, (end - run.started_at).total_seconds()), 3)
+
+
+class RunPageOut(BaseModel):
+    runs: list[RunOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; "
+                                    "null on the last page.")
+
+
+class DefinitionOut(BaseModel):
+    id: int
+    owner: str
+    name: str
+    description: str
+    image: str | None = Field(description=NO_IMAGE_MEANS)
+    command: Command
+    cpu: float
+    memory_mb: int
+    gpu: int
+    env: dict[str, str]
+    tags: list[str]
+    timeout_seconds: int | None
+    max_retries: int
+    pool: str
+    created_at: datetime
+    updated_at: datetime
+
+    @field_validator("image", mode="before")
+    @classmethod
+    def _none_for_no_image(cls, value: str | None) -> str | None:
+        return value or None
+
+    @classmethod
+    def of(cls, definition: JobDefinition) -> DefinitionOut:
+        return cls.model_validate(definition, from_attributes=True)
+
+
+class DefinitionListOut(BaseModel):
+    definitions: list[DefinitionOut]
+
+
+class PoolOut(BaseModel):
+    name: str
+    backend: str = Field(description="docker, swarm, ecs or local (auto: the installation's "
+                         "choice).")
+    description: str
+
+
+class PoolListOut(BaseModel):
+    pools: list[PoolOut]
+
+
+class EventOut(BaseModel):
+    at: datetime
+    from_status: str | None
+    to_status: str
+    actor: str
+    reason: str
+
+    @classmethod
+    def of(cls, event: RunEvent) -> EventOut:
+        return cls.model_validate(event, from_attributes=True)
+
+
+class EventListOut(BaseModel):
+    events: list[EventOut]
+
+
+class LogOut(BaseModel):
+    run_id: int
+    status: RunState
+    offset: int
+    next_offset: int = Field(description="Ask again with ?offset= this for what follows.")
+    size: int = Field(description="Bytes kept so far.")
+    text: str
+    complete: bool = Field(description="The run has ended and everything has been read.")
+
+
+# -- what the API accepts in query strings -------------------------------------------------
+class RunsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: list[RunState] | None = Field(None, description="Repeat for several.")
+    owner: str | None = Field(None, max_length=64, description="Admins: someone's runs.")
+    image: str | None = Field(None, max_length=255)
+    tag: str | None = Field(None, max_length=64)
+    definition: int | None = Field(None, ge=1, le=MAX_ID, description="A definition id.")
+    since: datetime | None = Field(None, description="Queued at or after (ISO 8601).")
+    until: datetime | None = Field(None, description="Queued before (ISO 8601).")
+    sort: SortKey = Field("-queued", description="queued, started or finished; '-' for newest "
+                          "first.")
+    cursor: str | None = Field(None, max_length=512)
+    limit: int = Field(50, ge=1, description="Page size (at most DOCKYARD_API_PAGE_SIZE_MAX).")
+
+    @field_validator("since", "until")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        """Times without a zone are UTC; times that cannot be told in UTC are refused."""
+        if value is None:
+            return None
+        try:
+            return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+        except OverflowError:
+            raise ValueError("out of range") from None
+
+
+class LogQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    offset: int = Field(0, ge=0, description="Byte offset to read from.")
+    format: str = Field("json", pattern="^(json|text)$",
+                        description="json: a piece with the next offset; text: the whole log "
+                        "as a download.")
+
+
+# -- helpers -------------------------------------------------------------------------------
+def _caller() -> User:
+    user = current_user()
+    assert user is not None  # the route decorator has authenticated
+    return user
+
+
+def _limits() -> JobLimits:
+    return JobLimits.from_settings(settings())
+
+
+@contextmanager
+def service_errors() -> Iterator[None]:
+    """The service's exceptions as JSON errors with the right status."""
+    try:
+        yield
+    except NotFound as exc:
+        raise ApiError(404, "Not Found", f"{exc}, or it belongs to someone else.") from None
+    except Conflict as exc:
+        detail: Any = [p.as_dict() for p in exc.problems] if exc.problems else str(exc)
+        raise ApiError(409, "Conflict", detail) from None
+    except InvalidJob as exc:
+        raise ApiError(422, "Invalid input", [p.as_dict() for p in exc.problems]) from None
+
+
+# -- definitions ---------------------------------------------------------------------------
+@route("/definitions", tag="jobs", response=DefinitionListOut)
+def list_definitions() -> DefinitionListOut:
+    """Your job definitions (admins: everyone's)."""
+    found = service.list_definitions(db(), _caller())
+    return DefinitionListOut(definitions=[DefinitionOut.of(d) for d in found])
+
+
+@route("/definitions", "POST", tag="jobs", body=DefinitionIn, response=DefinitionOut, status=201,
+       responses={409: "You already have a definition of that name"})
+def create_definition(body: DefinitionIn) -> DefinitionOut:
+    """Create a job definition: a named recipe (image, command, resources) for runs."""
+    with service_errors():
+        return DefinitionOut.of(service.create_definition(write_db(), _caller(), body, _limits()))
+
+
+@route("/definitions/<int:definition_id>", tag="jobs", response=DefinitionOut)
+def get_definition(definition_id: int) -> DefinitionOut:
+    """One job definition."""
+    with service_errors():
+        return DefinitionOut.of(service.get_definition(db(), _caller(), definition_id))
+
+
+@route("/definitions/<int:definition_id>", "PUT", tag="jobs", body=DefinitionIn,
+       response=DefinitionOut, responses={409: "You already have a definition of that name"})
+def update_definition(definition_id: int, body: DefinitionIn) -> DefinitionOut:
+    """Replace a job definition (runs already made from it keep their copy)."""
+    with service_errors():
+        return DefinitionOut.of(
+            service.update_definition(write_db(), _caller(), definition_id, body, _limits())
+        )
+
+
+@route("/definitions/<int:definition_id>", "DELETE", tag="jobs", status=204)
+def delete_definition(definition_id: int) -> Response:
+    """Delete a job definition; its runs stay, as ad-hoc runs."""
+    with service_errors():
+        service.delete_definition(write_db(), _caller(), definition_id)
+    return Response(status=204)
+
+
+# -- runs ------------------------------------------------------------------------------------
+@route("/pools", tag="jobs", response=PoolListOut)
+def list_pools() -> PoolListOut:
+    """The job pools you may send runs to ('default' first)."""
+    usable = _limits().pools.usable_by(_caller())
+    return PoolListOut(pools=[PoolOut(name=p.name, backend=p.backend,
+                                      description=p.description) for p in usable])
+
+
+@route("/runs", "POST", tag="jobs", body=RunIn, response=RunOut, status=201)
+def create_run(body: RunIn) -> RunOut:
+    """Queue a run, from a definition (other fields override it) or ad hoc."""
+    with service_errors():
+        return RunOut.of(service.create_run(write_db(), _caller(), body, _limits()))
+
+
+@route("/runs", tag="jobs", query=RunsQuery, response=RunPageOut)
+def list_runs(query: RunsQuery) -> RunPageOut:
+    """Your runs, newest first (admins: everyone's), filtered, a keyset page at a time."""
+    cap = settings().api_page_size_max
+    # Without ?limit= a page is the default size or the cap, whichever is smaller.
+    limit = query.limit if "limit" in query.model_fields_set else min(query.limit, cap)
+    if limit > cap:
+        raise ApiError(422, "Invalid query parameters",
+                       [{"field": "limit", "message": f"at most {cap} per page"}])
+    filters = RunFilters(
+        status=query.status or [], owner=query.owner, image=query.image, tag=query.tag,
+        definition_id=query.definition, since=query.since, until=query.until, sort=query.sort,
+        cursor=query.cursor, limit=limit,
+    )
+    with service_errors():
+        page = service.list_runs(db(), _caller(), filters)
+    return RunPageOut(runs=[RunOut.of(r) for r in page.runs], next_cursor=page.next_cursor)
+
+
+@route("/runs/<int:run_id>", tag="jobs", response=RunOut)
+def get_run(run_id: int) -> RunOut:
+    """One run: status, timing, exit code and reason."""
+    with service_errors():
+        return RunOut.of(service.get_run(db(), _caller(), run_id))
+
+
+@route("/runs/<int:run_id>/cancel", "POST", tag="jobs", response=RunOut, status=202,
+       responses={409: "The run has already ended"})
+def cancel_run(run_id: int) -> RunOut:
+    """Ask for a run to be cancelled; the worker stops it. 409 if it has already ended."""
+    with service_errors():
+        return RunOut.of(service.request_cancel(write_db(), _caller(), run_id))
+
+
+@route("/runs/<int:run_id>/retry", "POST", tag="jobs", response=RunOut, status=201,
+       responses={409: "The run has not ended yet", 422: "Its image or pool may no longer "
+                  "be used"})
+def retry_run(run_id: int) -> RunOut:
+    """Queue a new attempt of a run that has ended; the old attempt is kept."""
+    with service_errors():
+        return RunOut.of(service.retry_run(write_db(), _caller(), run_id, _limits()))
+
+
+@route("/runs/<int:run_id>/events", tag="jobs", response=EventListOut)
+def run_events(run_id: int) -> EventListOut:
+    """Every change of the run's status, with who and why."""
+    with service_errors():
+        run = service.get_run(db(), _caller(), run_id)
+    return EventListOut(events=[EventOut.of(e) for e in service.events_of(db(), run)])
+
+
+@route("/runs/<int:run_id>/logs", tag="jobs", query=LogQuery, response=LogOut)
+def run_logs(run_id: int, query: LogQuery) -> Any:
+    """The run's output after byte ?offset= (poll with next_offset while it runs), or
+    ?format=text for the whole log as a file."""
+    with service_errors():
+        run = service.get_run(db(), _caller(), run_id)
+    path = log_path(settings(), run.id)
+    if query.format == "text":
+        if not path.exists():
+            return Response("", mimetype="text/plain")
+        return send_file(path, mimetype="text/plain", as_attachment=True,
+                         download_name=f"run-{run.id}.log", max_age=0)
+    chunk = read_log(path, query.offset)
+    complete = run.status.is_final and chunk.next_offset >= chunk.size
+    return LogOut(run_id=run.id, status=run.status, offset=chunk.offset,
+                  next_offset=chunk.next_offset, size=chunk.size, text=chunk.text,
+                  complete=complete)

@@ -1,0 +1,71 @@
+"""Protections applied to every response and every state-changing request."""
+
+from __future__ import annotations
+
+from flask import Flask, Response, request, session
+from flask_wtf.csrf import CSRFProtect
+
+from dockyard.web.auth import bearer_token
+
+csrf = CSRFProtect()
+
+# Only our own vendored assets; no inline script, no framing.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+
+
+#: Routes that take image build uploads (Dockerfile and context archive): their bodies may
+#: reach DOCKYARD_IMAGE_UPLOAD_MAX_MB; every other request DOCKYARD_REQUEST_MAX_KB.
+UPLOAD_ENDPOINTS = frozenset({
+    "api.images_create_image", "api.images_build_image",
+    "images.create_image_page", "images.build_image_page",
+})
+
+
+def init_security(app: Flask) -> None:
+    @app.before_request
+    def _limit_body() -> None:
+        # Before the CSRF check below, which is the first to read a form body.
+        if request.endpoint not in UPLOAD_ENDPOINTS:
+            request.max_content_length = app.extensions["dockyard.settings"].request_max_kb * 1024
+
+    # CSRF is checked by hand below: cookie-authenticated requests need the token,
+    # token-authenticated API calls (no cookie involved) are exempt.
+    app.config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)
+    app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)
+    app.config.setdefault("WTF_CSRF_HEADERS", ["X-CSRFToken", "X-XSRF-Token"])
+    csrf.init_app(app)
+
+    @app.before_request
+    def _check_csrf() -> None:
+        if request.method in ("GET", "HEAD", "OPTIONS"):
+            return
+        if bearer_token() is not None:
+            return
+        # Only a request that the session cookie authenticates can be forged by another
+        # site. Without a login in the session the view itself answers: 401 from the
+        # API, the hub's login for pages.
+        if not session.get("token"):
+            return
+        csrf.protect()
+
+    @app.after_request
+    def _security_headers(response: Response) -> Response:
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        if response.mimetype == "text/html":
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response

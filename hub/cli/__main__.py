@@ -1,3 +1,0 @@
-from hub.cli import main
-
-main()

@@ -1,1 +1,0 @@
-"""Dockyard's pieces that run inside JupyterHub: the authenticator and hub-side hooks."""
