@@ -41,8 +41,8 @@ import docker
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from dockyard.containers import container_gateway  # noqa: E402
 from dockyard.settings import Settings  # noqa: E402
-from spawner.environment import container_gateway  # noqa: E402
 from tests.support.hubproc import RunningHub, start_hub  # noqa: E402
 
 BARE_LABEL = "dockyard.bench"

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from dockyard.containers import web_bind_address
 from dockyard.runtime import RuntimeChoice
 from dockyard.settings import ENV_PREFIX, Settings
 from hub.landing import landing_url
-from spawner.environment import web_bind_address
 from spawner.options import LAST_CHOICE_QUERY
 
 SERVICE_NAME = "dockyard"
@@ -76,7 +76,7 @@ def configure_hub(
     c.JupyterHub.log_level = "WARN" if settings.log_level == "WARNING" else settings.log_level
     # The hub's pages wear Dockyard's brand: its templates first, then the navigation
     # bar and logo shared with the Dockyard service's own pages.
-    web = repo / "hub" / "web"
+    web = repo / "dockyard" / "web"
     c.JupyterHub.template_paths = [str(repo / "config" / "templates"),
                                    str(web / "templates" / "shared")]
     c.JupyterHub.logo_file = str(web / "static" / "dockyard-logo.svg")

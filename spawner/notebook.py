@@ -39,17 +39,17 @@ from jupyterhub.spawner import SpawnException
 from tornado import web
 from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default, validate
 
-from dockyard.runtime import RuntimeChoice
-from dockyard.settings import NotebookProfile, Settings
-from hub.notebook_images import ImageNotAllowed, NotebookImage, NotebookImages
-from spawner.environment import (
-    CONTAINER_DATA_ROOT,
+from dockyard.containers import (  # moves to hub/ with the spawner's configuration
     container_environment,
     container_gateway,
     dockyard_url_for_containers,
     dockyard_url_for_processes,
     local_data_root,
 )
+from dockyard.runtime import RuntimeChoice
+from dockyard.settings import NotebookProfile, Settings
+from hub.notebook_images import ImageNotAllowed, NotebookImage, NotebookImages
+from spawner.environment import CONTAINER_DATA_ROOT
 from spawner.options import (
     InvalidChoice,
     NotebookChoice,

@@ -13,11 +13,12 @@ from pathlib import Path
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
+from dockyard.containers import container_gateway, web_bind_address
 from dockyard.installation import INSTALLATION_FILE, ensure_installation
 from dockyard.runtime import RuntimeChoice, choose_runtime, engine_problems_explained
 from dockyard.settings import ENV_PREFIX, Settings, SettingsError
 from dockyard.up.processes import die_with_parent, supervise
-from spawner.environment import LOOPBACK, container_gateway, web_bind_address
+from spawner.environment import LOOPBACK
 
 REPO = Path(__file__).resolve().parents[2]
 HUB_CONFIG = REPO / "config" / "jupyterhub_config.py"

@@ -12,7 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter, Map
 
 from dockyard import __version__
-from dockyard.db import make_engine, make_session_factory
+from dockyard.db import make_engine, make_session_factory, write_sessions
 from dockyard.models import MAX_ID
 from dockyard.settings import Settings
 from dockyard.web.auth import HubIdentity, Identity, current_user
@@ -46,6 +46,7 @@ def create_app(settings: Settings, identity: Identity | None = None) -> Flask:
     app.extensions["dockyard.settings"] = settings
     app.extensions["dockyard.engine"] = engine
     app.extensions["dockyard.sessions"] = make_session_factory(engine)
+    app.extensions["dockyard.write_sessions"] = write_sessions(engine)
     app.extensions["dockyard.identity"] = identity or HubIdentity()
     from dockyard.jobs.tokens import run_token_lookup
 

@@ -1,4 +1,4 @@
-"""Per-request access to the database and settings, set up by create_app()."""
+"""Per-request access to the database and settings, set up once by create_app()."""
 
 from __future__ import annotations
 
@@ -20,7 +20,21 @@ def db() -> Session:
     return g.db
 
 
+def write_db() -> Session:
+    """The request's session for read-modify-write work (see ``dockyard.db.write_sessions``:
+    on SQLite it holds the write lock from its first read); closed when the request ends."""
+    if "write_db" not in g:
+        g.write_db = write_sessions_of_app()()
+    return g.write_db
+
+
+def write_sessions_of_app() -> sessionmaker[Session]:
+    """The app's factory of write sessions, for code that opens its own transactions."""
+    return current_app.extensions["dockyard.write_sessions"]
+
+
 def close_db(_exc: BaseException | None = None) -> None:
-    session = g.pop("db", None)
-    if session is not None:
-        session.close()
+    for name in ("db", "write_db"):
+        session = g.pop(name, None)
+        if session is not None:
+            session.close()

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+from dockyard.containers import container_environment
 from dockyard.jobs.pools import DEFAULT_POOL, JobPoolConfig, image_in_pool
 from dockyard.settings import Settings
-from spawner.environment import CONTAINER_DATA_ROOT, container_environment
+from spawner.environment import CONTAINER_DATA_ROOT
 from spawner.jobs import make_backend, resolve_backend_name
 from spawner.jobs.base import JobBackend, JobSpec, JobStartError
 
@@ -128,7 +129,7 @@ def build_backend(config: JobPoolConfig, settings: Settings, *, namespace: str) 
             backend.dockyard_url = config.dockyard_url
         return backend
     if config.backend == "swarm":
-        from spawner.environment import dockyard_url_for_containers
+        from dockyard.containers import dockyard_url_for_containers
         from spawner.jobs.swarm import SwarmJobBackend
 
         return SwarmJobBackend(
@@ -140,7 +141,7 @@ def build_backend(config: JobPoolConfig, settings: Settings, *, namespace: str) 
     if config.backend == "ecs":
         from botocore.exceptions import NoRegionError
 
-        from spawner.environment import dockyard_url_for_processes
+        from dockyard.containers import dockyard_url_for_processes
         from spawner.jobs.ecs import EcsJobBackend, EcsOptions
 
         options = EcsOptions(

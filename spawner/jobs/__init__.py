@@ -33,11 +33,8 @@ def resolve_backend_name(settings: Settings) -> str:
 
 def make_backend(name: str, settings: Settings, *, namespace: str) -> JobBackend:
     if name == "docker":
-        from spawner.environment import (
-            dockyard_url_for_containers,
-            let_containers_write,
-            local_data_root,
-        )
+        from dockyard.containers import dockyard_url_for_containers, local_data_root
+        from spawner.environment import let_containers_write
         from spawner.jobs.docker import DockerJobBackend
 
         url = settings.job_dockyard_url or dockyard_url_for_containers(settings)
@@ -49,7 +46,7 @@ def make_backend(name: str, settings: Settings, *, namespace: str) -> JobBackend
             pool_size=2 * settings.max_concurrent_runs + 8, data_root=data_root,
         )
     if name == "local":
-        from spawner.environment import dockyard_url_for_processes
+        from dockyard.containers import dockyard_url_for_processes
         from spawner.jobs.local import LocalJobBackend
 
         url = settings.job_dockyard_url or dockyard_url_for_processes(settings)

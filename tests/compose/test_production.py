@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from traitlets.config import Config
 
 from dockyard.cli import main
+from dockyard.containers import container_environment, dockyard_url_for_containers
 from dockyard.production import (
     ENV_ENTRIES,
     check_container_secrets,
@@ -27,7 +28,6 @@ from dockyard.production import (
 from dockyard.runtime import RuntimeChoice
 from dockyard.settings import Settings, SettingsError
 from hub.hubconfig import configure_hub
-from spawner.environment import container_environment, dockyard_url_for_containers
 
 REPO = Path(__file__).resolve().parent.parent.parent
 SECRET_NAMES = [entry.name for entry in ENV_ENTRIES if entry.secret]

@@ -125,7 +125,7 @@ def test_pools_without_a_prefix_keep_the_reference() -> None:
 
 def test_a_docker_or_swarm_pool_makes_the_web_service_listen_where_containers_reach_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from spawner.environment import web_bind_address
+    from dockyard.containers import web_bind_address
 
     monkeypatch.setenv("DOCKYARD_HUB_CONNECT_IP", "10.9.8.7")
     assert web_bind_address(load_settings(), "local", "local") == "127.0.0.1"

@@ -15,7 +15,7 @@ from tests.notebooks.conftest import NotebookHub
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
-LOGO = Path(__file__).resolve().parents[2] / "hub" / "web" / "static" / "dockyard-logo.svg"
+LOGO = Path(__file__).resolve().parents[2] / "dockyard" / "web" / "static" / "dockyard-logo.svg"
 AREAS = [("notebooks", "/hub/home"), ("jobs", "/services/dockyard/jobs/"),
          ("data", "/services/dockyard/data/"), ("images", "/services/dockyard/images/"),
          ("token", "/hub/token")]

@@ -405,8 +405,8 @@ def test_idle_culler_with_dockyards_scopes_stops_idle_servers(notebook_hub: Note
 
 
 def _hub_api_url(notebook_hub: NotebookHub) -> str:
+    from dockyard.containers import container_gateway
     from dockyard.settings import Settings
-    from spawner.environment import container_gateway
 
     gateway = container_gateway(Settings(home=notebook_hub.hub.home))
     return f"http://{gateway}:{notebook_hub.hub.env['DOCKYARD_HUB_PORT']}/hub/api"
