@@ -1,4 +1,7 @@
-"""One handler per kind of error: JSON under the API, a friendly page elsewhere."""
+"""One handler per kind of error: JSON under the API, a friendly page elsewhere.
+
+Domain code raises the kinds of ``dockyard.errors`` and knows no HTTP; ``STATUS_OF_KIND``
+below is the one place a kind becomes a status."""
 
 from __future__ import annotations
 
@@ -11,7 +14,35 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError, StatementError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from dockyard.errors import (
+    BadRequest,
+    Conflict,
+    DockyardError,
+    Forbidden,
+    Invalid,
+    NotFound,
+    Unavailable,
+)
+
 log = logging.getLogger(__name__)
+
+
+STATUS_OF_KIND: dict[type[DockyardError], int] = {
+    Invalid: 422,
+    BadRequest: 400,
+    NotFound: 404,
+    Forbidden: 403,
+    Conflict: 409,
+    Unavailable: 503,
+}
+
+
+def status_of(exc: DockyardError) -> int:
+    """The HTTP status of a refusal: its kind's (the nearest kind it derives from)."""
+    for kind in type(exc).__mro__:
+        if kind in STATUS_OF_KIND:
+            return STATUS_OF_KIND[kind]  # type: ignore[index]
+    return 400
 
 
 class ApiError(Exception):
@@ -46,6 +77,10 @@ def init_errors(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Any:
         return _respond(exc.status, exc.error, exc.detail)
+
+    @app.errorhandler(DockyardError)
+    def _refused(exc: DockyardError) -> Any:
+        return _respond(status_of(exc), exc.error, exc.detail)
 
     @app.errorhandler(ValidationError)
     def _validation(exc: ValidationError) -> Any:
