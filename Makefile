@@ -18,8 +18,10 @@ test: install
 test-compose: install
 	$(BIN)/pytest -m compose $(PYTEST_ARGS)
 
+# Style, and the layout's import rules (pyproject.toml [tool.importlinter]).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 install: $(INSTALLED) $(ASSETS)
 

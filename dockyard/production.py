@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,7 +271,3 @@ def ensure_build_ca(images_dir: Path, bundle: Path | None) -> bool:
 
     target.write_bytes(read_build_ca(bundle))
     return True
-
-
-def env_file_is_private(path: Path) -> bool:
-    return stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
