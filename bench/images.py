@@ -54,7 +54,7 @@ def raw_build(client: Any, reference: str) -> float:
     return time.perf_counter() - started
 
 
-def dockyard_build(flask_client: Any, runner: Any, sessions: Any, settings: Any,
+def dockyard_build(flask_client: Any, runner: Any, writes: Any, settings: Any,
                    reference: str) -> tuple[float, float]:
     """Seconds from upload to built (inspection excluded), and the inspection's seconds."""
     headers = {"Authorization": "token tok-admin"}
@@ -66,7 +66,7 @@ def dockyard_build(flask_client: Any, runner: Any, sessions: Any, settings: Any,
         headers=headers, content_type="multipart/form-data",
     )
     assert created.status_code == 201, created.json
-    runner.tick(sessions, settings)
+    runner.tick(writes, settings)
     assert runner.wait(300)
     total = time.perf_counter() - started
     image = flask_client.get(f"/api/v1/images/{created.json['id']}", headers=headers).json
@@ -88,7 +88,7 @@ def main() -> int:
 
     import docker
 
-    from dockyard.images.service import ImageWorkRunner
+    from dockyard.images.builds import ImageWorkRunner
     from dockyard.migrate import upgrade
     from dockyard.settings import Settings
     from dockyard.web import create_app
@@ -107,7 +107,7 @@ def main() -> int:
         upgrade(settings.db_url)
         app = create_app(settings, identity=Tokens())  # type: ignore[arg-type]
         flask_client = app.test_client()
-        sessions = app.extensions["dockyard.sessions"]
+        writes = app.extensions["dockyard.write_sessions"]
         runner = ImageWorkRunner()
 
         # Warm-up: the base image's layers in the page cache, both code paths imported.
@@ -117,7 +117,7 @@ def main() -> int:
             if kind == "raw":
                 raw_build(client, reference)
             else:
-                dockyard_build(flask_client, runner, sessions, settings, reference)
+                dockyard_build(flask_client, runner, writes, settings, reference)
 
         raw_times: list[float] = []
         dockyard_times: list[float] = []
@@ -128,7 +128,7 @@ def main() -> int:
                 if kind == "raw":
                     raw_times.append(raw_build(client, reference))
                 else:
-                    seconds, _ = dockyard_build(flask_client, runner, sessions, settings,
+                    seconds, _ = dockyard_build(flask_client, runner, writes, settings,
                                                 reference)
                     dockyard_times.append(seconds)
 

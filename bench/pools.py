@@ -133,7 +133,8 @@ def ecs_bench(tasks: int) -> None:
     import requests
 
     from spawner.jobs.base import JobSpec
-    from spawner.jobs.ecs import EcsJobBackend, EcsOptions
+    from spawner.jobs.config import EcsOptions
+    from spawner.jobs.ecs import EcsJobBackend
     from tests.support.ports import free_ports
 
     (port,) = free_ports(1)

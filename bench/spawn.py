@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from dockyard.containers import container_gateway  # noqa: E402
 from dockyard.settings import Settings  # noqa: E402
+from spawner.notebooks.docker import server_answers  # noqa: E402
 from tests.support.hubproc import RunningHub, start_hub  # noqa: E402
 
 BARE_LABEL = "dockyard.bench"
@@ -53,23 +54,6 @@ def percentile(values: list[float], fraction: float) -> float:
     """Nearest-rank percentile."""
     ordered = sorted(values)
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
-
-
-async def answers(ip: str, port: int, path: str) -> bool:
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout=2)
-    except (TimeoutError, OSError):
-        return False
-    try:
-        writer.write(f"GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n".encode())
-        await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), timeout=120)
-    except (TimeoutError, OSError):
-        return False
-    finally:
-        writer.close()
-    parts = line.split()
-    return len(parts) >= 2 and parts[1].isdigit() and int(parts[1]) < 500
 
 
 # -- bare docker run -----------------------------------------------------------------------
@@ -100,7 +84,7 @@ class Bare:
         container = await asyncio.to_thread(self.client.containers.get, container.id)
         ip = container.attrs["NetworkSettings"]["IPAddress"]
         while time.perf_counter() - started < READY_LIMIT:
-            if await answers(ip, 8888, prefix + "api"):
+            if await server_answers(ip, 8888, prefix + "api"):
                 return time.perf_counter() - started
             await asyncio.sleep(0.01)
         raise TimeoutError(f"bare container {name} did not answer")

@@ -48,18 +48,24 @@ def choose_runtime(settings: Settings, engine: EngineCheck | None = None) -> Run
     else:
         notes.append(f"Notebooks: {spawner} (DOCKYARD_SPAWNER={spawner}).")
 
-    job_backend = settings.job_backend
-    if job_backend == "auto":
-        job_backend = "docker" if engine.available else "local"
-        if engine.available:
-            notes.append(f"Jobs: containers on the {engine.reason}.")
-        else:
-            notes.append(
-                f"Jobs: local processes, development mode without isolation: {engine.reason}."
-            )
-    else:
+    job_backend = job_backend_name(settings, engine)
+    if settings.job_backend != "auto":
         notes.append(f"Jobs: {job_backend} (DOCKYARD_JOB_BACKEND={job_backend}).")
+    elif job_backend == "docker":
+        notes.append(f"Jobs: containers on the {engine.reason}.")
+    else:
+        notes.append(
+            f"Jobs: local processes, development mode without isolation: {engine.reason}."
+        )
     return RuntimeChoice(spawner, job_backend, settings.notebook_image, tuple(notes))
+
+
+def job_backend_name(settings: Settings, engine: EngineCheck | None = None) -> str:
+    """The default pool's backend: DOCKYARD_JOB_BACKEND, where ``auto`` means Docker when
+    an engine answers (asked here unless ``engine`` already says), else local processes."""
+    if settings.job_backend != "auto":
+        return settings.job_backend
+    return "docker" if (engine or check_docker()).available else "local"
 
 
 @contextmanager

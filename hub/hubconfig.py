@@ -12,10 +12,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from dockyard.containers import web_bind_address
+from dockyard.production import configure_production
 from dockyard.runtime import RuntimeChoice
 from dockyard.settings import ENV_PREFIX, Settings
 from hub.landing import landing_url
-from spawner.options import LAST_CHOICE_QUERY
+from hub.spawners import configure_spawner
+from spawner.notebooks.options import LAST_CHOICE_QUERY
 
 SERVICE_NAME = "dockyard"
 # Variables a hub-managed service needs besides Dockyard's own settings.
@@ -157,11 +159,7 @@ def configure_hub(
     ]
 
     # -- notebooks -------------------------------------------------------------------
-    from spawner.notebook import configure_spawner
-
     configure_spawner(c, settings, runtime, python=python, environ=environ)
 
     # -- production: external services (docker compose), log format, extra config --------
-    from dockyard.production import configure_production
-
     configure_production(c, settings)

@@ -13,7 +13,7 @@ from typing import Any
 from jupyterhub.utils import url_path_join
 from tornado.httputil import url_concat
 
-from spawner.options import LAST_CHOICE_QUERY
+from spawner.notebooks.options import LAST_CHOICE_QUERY
 
 
 def landing_url(handler: Any) -> str | None:

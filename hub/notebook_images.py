@@ -1,36 +1,27 @@
 """What the notebook spawner may offer: the catalog's notebook images, read live.
 
-The spawner runs inside the hub process and asks here on every spawn page and every
-start, so an admin's change in the catalog applies to the next request without a hub
-restart. This is the one place the spawner side reads Dockyard's database; it gets plain
-values back, never ORM objects or a session.
+``NotebookImages`` is the spawner's ``ImageSource`` over Dockyard's database, handed to it
+by the hub configuration (``hub/spawners.py``). The spawner runs inside the hub process and
+asks here on every spawn page and every start, so an admin's change in the catalog applies
+to the next request without a hub restart. This is the one place the notebook side reads
+Dockyard's database; the spawner gets plain values back, never ORM objects or a session.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dockyard.db import make_engine, make_session_factory
-from dockyard.images.catalog import ImageNotAllowed, default_image, resolve_image, usable_images
+from dockyard.images import catalog
+from dockyard.images.catalog import default_image, resolve_image, usable_images
 from dockyard.models import Image
-
-__all__ = ["ImageNotAllowed", "NotebookImage", "NotebookImages"]
-
-
-@dataclass(frozen=True)
-class NotebookImage:
-    reference: str
-    description: str
-    default: bool = False
-    # Profile names an admin allowed with this image; empty means every profile.
-    profiles: tuple[str, ...] = ()
+from spawner.notebooks.images import ImageNotAllowed, ImageSource, NotebookImage
 
 
-class NotebookImages:
+class NotebookImages(ImageSource):
     """The images a user may start a notebook server from.
 
     Until an admin enables a notebook image in the catalog, the configured fallback
@@ -71,7 +62,10 @@ class NotebookImages:
                     f"available is '{self.fallback_image}'."
                 )
             chosen = default_image(session, "notebooks")
-            row = resolve_image(session, reference, "notebooks")
+            try:
+                row = resolve_image(session, reference, "notebooks")
+            except catalog.ImageNotAllowed as exc:
+                raise ImageNotAllowed(str(exc)) from None
             return _plain(row, default=chosen is not None and chosen.id == row.id)
 
     def _fallback(self) -> NotebookImage:

@@ -1,4 +1,7 @@
-"""Adapters that start containers or processes: notebook spawners and job backends.
+"""Engine adapters: how to start a notebook server, a job, an image build or inspection on one
+kind of engine (Docker, Swarm, ECS, local processes).
 
-Nothing here touches Dockyard's database; ``hub`` decides what runs, this package knows how.
+The service (``dockyard``) decides what runs and records it; this package knows how. It
+takes plain values, never Dockyard's settings object or database, and imports nothing from
+``dockyard`` or ``hub`` (an import-linter contract, see ``pyproject.toml``).
 """

@@ -52,10 +52,12 @@ def network_gateway(network_name: str) -> str:
     )
 
 
-def let_containers_write(data_root: Path, *, ours: bool) -> None:
+def let_containers_write(data_root: Path, *, ours: bool, writers: str = "Containers",
+                         logger: logging.Logger = log) -> None:
     """Notebook and job containers (uid 1000) write their batches into a local data root.
     Dockyard's own default directory is handed to that user when we run as root; a
-    directory an admin chose is never changed behind their back, only reported."""
+    directory an admin chose is never changed behind their back, only reported: on
+    ``logger``, as a problem of ``writers`` (the hub says "Notebooks", on its own log)."""
     data_root.mkdir(parents=True, exist_ok=True)
     if data_root.stat().st_uid == CONTAINER_UID:
         return
@@ -63,8 +65,8 @@ def let_containers_write(data_root: Path, *, ours: bool) -> None:
         os.chown(data_root, CONTAINER_UID, CONTAINER_GID)
         return
     if data_root.stat().st_mode & 0o002 == 0:
-        log.warning("Containers run as uid %s and may not be able to write the data root %s; "
-                    "make it writable for that user, or use an s3:// data root.",
-                    CONTAINER_UID, data_root)
+        logger.warning("%s run as uid %s and may not be able to write the data root %s; "
+                       "make it writable for that user, or use an s3:// data root.",
+                       writers, CONTAINER_UID, data_root)
 
 

@@ -25,13 +25,16 @@ import stat
 import subprocess
 import tarfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound
 from docker.utils.build import PatternMatcher
+
+from spawner.imagefacts import BuildFailed
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGES_DIR = REPO_ROOT / "images"
@@ -352,40 +355,71 @@ class ImageBuild:
             forcerm=True,
             decode=True,
         )
-        pending = ""
-        image_id = ""
+        output = BuildStream(stream)
         step = ""
-        for chunk in stream:
-            if "error" in chunk or "errorDetail" in chunk:
-                for line in pending.splitlines():
-                    yield self._emit(line)
-                detail = chunk.get("errorDetail", {}).get("message") or chunk.get("error", "")
-                message = _clean(str(detail)).strip().splitlines()
-                where = f" at {step}" if step else ""
-                raise BuildError(
-                    f"building {self.spec.repository} failed{where}: "
-                    f"{message[-1] if message else 'unknown error'}"
-                )
-            text = chunk.get("stream") or chunk.get("status") or ""
-            if not text:
-                continue
-            pending += _clean(str(text))
-            *complete, pending = pending.split("\n")
-            for line in complete:
+        try:
+            for line in output.lines():
                 line = line.rstrip("\r")
                 if line.startswith("Step "):
                     step = line.split(" : ", 1)[0]
-                found = _BUILT.match(line.strip())
-                if found:
-                    image_id = found.group(1)
                 yield self._emit(line)
-        if pending.strip():
-            yield self._emit(pending)
-            found = _BUILT.match(pending.strip())
-            image_id = image_id or (found.group(1) if found else "")
-        if not image_id:
+        except BuildFailed as exc:
+            message = str(exc).splitlines()
+            where = f" at {step}" if step else ""
+            raise BuildError(
+                f"building {self.spec.repository} failed{where}: "
+                f"{message[-1] if message else 'unknown error'}"
+            ) from None
+        if not output.image_id:
             raise BuildError(f"building {self.spec.repository} ended without an image")
-        return image_id
+        return output.image_id
+
+
+class BuildStream:
+    """The engine's answer to a build (``docker build``'s stream of JSON chunks) read as
+    lines of progress, without terminal colour codes; then the id of the image built.
+
+    Engines name the image built in two ways: an ``{"aux": {"ID": ...}}`` chunk and, from
+    the classic builder, a ``Successfully built ID`` line; a BuildKit-less engine sends
+    both. Either is enough; the aux id, the full one, is preferred. A chunk with an error
+    ends the build: ``lines()`` raises BuildFailed with the engine's message.
+    """
+
+    def __init__(self, chunks: Iterable[dict[str, Any]]) -> None:
+        self.chunks = chunks
+        self.image_id = ""
+
+    def lines(self) -> Iterator[str]:
+        reported = built = pending = ""
+        for chunk in self.chunks:
+            if "error" in chunk or "errorDetail" in chunk:
+                if pending.strip():
+                    yield pending
+                detail = chunk.get("errorDetail") or {}
+                message = detail.get("message") or chunk.get("error") or ""
+                raise BuildFailed(_clean(str(message)).strip())
+            aux = chunk.get("aux")
+            if isinstance(aux, dict) and aux.get("ID"):
+                reported = str(aux["ID"])
+            if "stream" in chunk:
+                pending += _clean(str(chunk["stream"]))
+            elif "status" in chunk:
+                progress = f" {chunk['progress']}" if chunk.get("progress") else ""
+                pending += f"{chunk['status']}{progress}\n"
+            # Output comes in pieces that need not end at a line's end.
+            *complete, pending = pending.split("\n")
+            for line in complete:
+                built = _built_id(line) or built
+                yield line
+        if pending.strip():
+            built = _built_id(pending) or built
+            yield pending
+        self.image_id = reported or built
+
+
+def _built_id(line: str) -> str:
+    found = _BUILT.match(line.strip())
+    return found.group(1) if found else ""
 
 
 def build_image(name: str, on_line: Callable[[str], None] | None = None, **options) -> BuildResult:

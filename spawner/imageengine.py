@@ -1,15 +1,14 @@
 """The image catalog's engine operations on one Docker engine.
 
-The hub decides which images exist in the catalog and what happens to them; this
+The service decides which images exist in the catalog and what happens to them; this
 adapter only answers questions about the engine (is the image there, how big, which
-digest), builds an uploaded context, and runs the one-off inspection. The hub reaches it
-through ``dockyard.images.engine.ImageEngine`` and never imports docker itself.
+digest), builds an uploaded context, and runs the one-off inspection. The service reaches
+it through its ``ImageEngine`` interface and never imports docker itself.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
@@ -18,8 +17,9 @@ from typing import Any
 from docker.errors import APIError, DockerException, ImageNotFound
 from requests.exceptions import RequestException
 
-from dockyard.images.engine import BuildFailed, EngineUnavailable, ImageFacts
 from spawner.engine import docker_client
+from spawner.imagebuild import BuildError, BuildStream, available_images, build_image
+from spawner.imagefacts import BuildFailed, EngineUnavailable, ImageFacts
 from spawner.imageinspect import (
     InspectionFailed,
     InspectionOwner,
@@ -29,7 +29,6 @@ from spawner.imageinspect import (
 )
 
 LineSink = Callable[[str], None]
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class DockerImageEngine:
@@ -103,8 +102,6 @@ class DockerImageEngine:
 
     def buildable_directories(self) -> dict[str, str]:
         """The project's images this checkout can build (images/NAME), with descriptions."""
-        from spawner.imagebuild import available_images
-
         return {name: spec.description for name, spec in available_images().items()}
 
     def build_directory(
@@ -113,8 +110,6 @@ class DockerImageEngine:
         """Build one of the project's images exactly as ``dockyard images build`` does
         (its confined context, the build CA, its content-derived VERSION and latest
         tags), then tag the result ``reference`` as well for the catalog."""
-        from spawner.imagebuild import BuildError, build_image
-
         try:
             result = build_image(
                 name, on_line=lambda line: on_line(line + "\n"), build_ca=self.build_ca
@@ -154,7 +149,7 @@ class DockerImageEngine:
 
     def running_notebook_images(self, name_prefix: str) -> dict[str, list[str]] | None:
         """Running notebook containers by image, read from the engine by the labels
-        spawner/notebook.py puts on them (dockyard.notebook, dockyard.prefix, ...)."""
+        the notebook spawners put on them (dockyard.notebook, dockyard.prefix, ...)."""
         try:
             client = self._client(timeout=10)
         except EngineUnavailable:
@@ -178,21 +173,14 @@ class DockerImageEngine:
 
 def _follow_build(stream: Iterable[dict[str, Any]], on_line: LineSink) -> str:
     """Pass every progress line on; return the built image id or raise BuildFailed."""
-    image_id = ""
-    for chunk in stream:
-        if "error" in chunk or "errorDetail" in chunk:
-            detail = chunk.get("errorDetail") or {}
-            message = str(detail.get("message") or chunk.get("error") or "build failed").strip()
-            on_line(f"ERROR: {message}\n")
-            raise BuildFailed(message)
-        if "stream" in chunk:
-            on_line(_ANSI.sub("", str(chunk["stream"])))
-        elif "status" in chunk:
-            progress = f" {chunk['progress']}" if chunk.get("progress") else ""
-            on_line(f"{chunk['status']}{progress}\n")
-        aux = chunk.get("aux")
-        if isinstance(aux, dict) and aux.get("ID"):
-            image_id = str(aux["ID"])
-    if not image_id:
+    output = BuildStream(stream)
+    try:
+        for line in output.lines():
+            on_line(line + "\n")
+    except BuildFailed as exc:
+        message = str(exc) or "build failed"
+        on_line(f"ERROR: {message}\n")
+        raise BuildFailed(message) from None
+    if not output.image_id:
         raise BuildFailed("the engine finished without reporting an image")
-    return image_id
+    return output.image_id

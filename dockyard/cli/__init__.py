@@ -102,7 +102,7 @@ def web(port: int | None, bind: str, threads: int) -> None:
 @click.option("--once", is_flag=True, help="One pass over the queue, then exit.")
 def worker(once: bool) -> None:
     """Move runs forward: dispatch, watch, time out, retry, reconcile."""
-    from dockyard.worker.loop import run_worker
+    from dockyard.worker.main import run_worker
 
     run_worker(settings_for_command(), once=once)
 

@@ -92,7 +92,7 @@ def start(role: str, bind: str, threads: int) -> None:
 
         serve(settings, bind=bind, port=settings.web_port, threads=threads)
     else:
-        from dockyard.worker.loop import run_worker
+        from dockyard.worker.main import run_worker
 
         run_worker(settings)
 

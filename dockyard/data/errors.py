@@ -1,4 +1,4 @@
-"""What can go wrong in the catalog, each with the HTTP status the API answers with.
+"""What the data catalog refuses, each a kind of ``dockyard.errors`` refusal.
 
 The ``error`` strings are part of the API: the Python and R clients turn them into
 their own exceptions (TableNotFound, SchemaMismatch, …), so keep them stable.
@@ -6,23 +6,21 @@ their own exceptions (TableNotFound, SchemaMismatch, …), so keep them stable.
 
 from __future__ import annotations
 
-from typing import Any
+from dockyard.errors import Conflict, DockyardError, Forbidden, Invalid, NotFound, Unavailable
 
 
-class CatalogError(Exception):
-    status = 400
+class CatalogError(DockyardError):
+    """Base of the catalog's refusals (for callers that catch them all); never raised
+    itself. Each subclass names its kind first, so that its kind's ``error`` and status
+    are the ones it answers with."""
+
     error = "Catalog error"
 
-    def __init__(self, detail: Any) -> None:
-        super().__init__(detail if isinstance(detail, str) else self.error)
-        self.detail = detail
 
-
-class InvalidName(CatalogError):
+class InvalidName(Invalid, CatalogError):
     """A namespace, table, partition key or value that cannot be used; ``detail`` is a
     field-level list like the API's validation errors."""
 
-    status = 422
     error = "Invalid input"
 
     def __init__(self, field: str, message: str) -> None:
@@ -30,35 +28,29 @@ class InvalidName(CatalogError):
         self.args = (f"{field}: {message}",)
 
 
-class TableNotFound(CatalogError):
-    status = 404
+class TableNotFound(NotFound, CatalogError):
     error = "Table not found"
 
 
-class PartitionNotFound(CatalogError):
-    status = 404
+class PartitionNotFound(NotFound, CatalogError):
     error = "Partition not found"
 
 
-class BatchNotFound(CatalogError):
-    status = 404
+class BatchNotFound(NotFound, CatalogError):
     error = "Batch not found"
 
 
-class RunNotFound(CatalogError):
-    status = 404
+class RunNotFound(NotFound, CatalogError):
     error = "Run not found"
 
 
-class PermissionDenied(CatalogError):
-    status = 403
+class PermissionDenied(Forbidden, CatalogError):
     error = "Permission denied"
 
 
-class SchemaMismatch(CatalogError):
+class SchemaMismatch(Conflict, CatalogError):
     """``detail`` is ``{"message": …, "columns": [{"column", "problem"}]}``."""
 
-    status = 409
     error = "Schema mismatch"
 
     def __init__(self, message: str, columns: list[dict[str, str]]) -> None:
@@ -67,25 +59,21 @@ class SchemaMismatch(CatalogError):
         self.columns = columns
 
 
-class BatchIncomplete(CatalogError):
+class BatchIncomplete(Conflict, CatalogError):
     """The batch's files are not (all) where the manifest says they are."""
 
-    status = 409
     error = "Batch incomplete"
 
 
-class PartitionKeysFixed(CatalogError):
+class PartitionKeysFixed(Conflict, CatalogError):
     """A table's partition keys cannot change once it has a batch."""
 
-    status = 409
     error = "Conflict"
 
 
-class NothingToRollBack(CatalogError):
-    status = 409
+class NothingToRollBack(Conflict, CatalogError):
     error = "Nothing to roll back"
 
 
-class StorageUnavailable(CatalogError):
-    status = 503
+class StorageUnavailable(Unavailable, CatalogError):
     error = "Storage unavailable"

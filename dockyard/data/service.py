@@ -25,13 +25,12 @@ from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Engine, delete, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, sessionmaker
 from ulid import ULID
 
 from dockyard.data import names
 from dockyard.data.errors import (
     BatchNotFound,
-    CatalogError,
     InvalidName,
     NothingToRollBack,
     PartitionKeysFixed,
@@ -207,22 +206,30 @@ class Catalog:
 
     def __init__(self, engine: Engine, storage: Storage, *,
                  write_access: WriteAccess = "owner",
-                 pending_expiry: timedelta = timedelta(hours=24)) -> None:
+                 pending_expiry: timedelta = timedelta(hours=24),
+                 sessions: sessionmaker[Session] | None = None,
+                 writes: sessionmaker[Session] | None = None) -> None:
+        """``sessions`` and ``writes`` are the read and write session factories over
+        ``engine`` of a program that already has them (the web app); a catalog on its own
+        (the command line, the tests) makes its own."""
         self.engine = engine
         self.storage = storage
         self.write_access = write_access
         self.pending_expiry = pending_expiry
-        self._reads = make_session_factory(engine)
-        self._writes = write_sessions(engine)
+        self._reads = sessions or make_session_factory(engine)
+        self._writes = writes or write_sessions(engine)
 
     @classmethod
-    def from_settings(cls, settings: Settings, engine: Engine | None = None) -> Catalog:
+    def from_settings(cls, settings: Settings, engine: Engine | None = None, *,
+                      sessions: sessionmaker[Session] | None = None,
+                      writes: sessionmaker[Session] | None = None) -> Catalog:
         return cls(
             engine or make_engine(settings.db_url),
             Storage(StorageConfig(settings.data_dir, settings.data_s3_endpoint_url,
                                   settings.data_s3_region)),
             write_access=settings.data_write_access,
             pending_expiry=timedelta(hours=settings.data_pending_expiry_hours),
+            sessions=sessions, writes=writes,
         )
 
     # -- sessions --------------------------------------------------------------------
@@ -944,7 +951,6 @@ __all__ = [
     "BatchView",
     "BeganBatch",
     "Catalog",
-    "CatalogError",
     "CommitResult",
     "GarbageReport",
     "HistoryView",

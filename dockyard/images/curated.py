@@ -25,17 +25,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dockyard.images.catalog import Use, default_image
-from dockyard.images.engine import EngineUnavailable, ImageEngine, image_engine_for_usage
+from dockyard.images.commands import ImageChanges, NewImage, register_image, update_image
+from dockyard.images.engine import ImageEngine, image_engine_for_usage
+from dockyard.images.errors import ImageRefused
 from dockyard.images.reference import InvalidReference, normalize_reference, parse_reference
-from dockyard.images.service import (
-    ImageChanges,
-    ImageServiceError,
-    NewImage,
-    register_image,
-    update_image,
-)
 from dockyard.models import CuratedImageSeed, Image
 from dockyard.settings import Settings
+from spawner.imagefacts import EngineUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +141,7 @@ def _seed(sessions: sessionmaker[Session], engine: ImageEngine, curated: Curated
         except IntegrityError:
             session.rollback()
             return False
-        except ImageServiceError as exc:  # e.g. the engine lost the image meanwhile
+        except ImageRefused as exc:  # e.g. the engine lost the image meanwhile
             session.rollback()
             log.warning("Curated image %s not registered: %s", reference, exc.detail)
             return False

@@ -1,39 +1,22 @@
 """What the image catalog needs from a container engine, without importing one.
 
-``spawner.imageengine.DockerImageEngine`` implements it on Docker; the hub only sees
-this interface, so the web app and the worker never import docker themselves.
+``spawner.imageengine.DockerImageEngine`` implements it on Docker; the service only sees
+this interface and the plain values of ``spawner.imagefacts``, so the web app and the
+worker never import docker themselves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dockyard.settings import Settings
+from spawner.imagefacts import ImageFacts
 
 if TYPE_CHECKING:  # the web app never imports docker
     from spawner.imageinspect import LeftoverInspection
-
-
-class EngineUnavailable(Exception):
-    """No engine answered; nothing about the image can be known now."""
-
-
-class BuildFailed(Exception):
-    """A build or an inspection failed; the message is the engine's own reason."""
-
-
-@dataclass(frozen=True)
-class ImageFacts:
-    reference: str
-    image_id: str
-    # The registry digest when the image came from a registry, else the image id.
-    digest: str
-    size_bytes: int
-    created: str
 
 
 class ImageEngine(Protocol):

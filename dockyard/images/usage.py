@@ -3,7 +3,7 @@
 Runs and definitions are Dockyard's own rows. Notebook servers belong to JupyterHub:
 the web service asks the hub's REST API (as the ``dockyard`` service, whose role may
 list users, read servers and their state) and reads the image each server runs from the
-spawner's state (``state["image"]``, kept by spawner/notebook.py), else from the
+spawner's state (``state["image"]``, kept by the notebook spawners), else from the
 ``user_options`` it was started with, else it runs the default notebook image. When the
 hub cannot be asked (the web app outside a hub), the Docker engine's running notebook
 containers answer instead.
@@ -21,7 +21,10 @@ import requests
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dockyard.models import FINAL_STATES, JobDefinition, Run
+from dockyard.images.catalog import default_image
+from dockyard.images.engine import image_engine_for_usage
+from dockyard.models import FINAL_STATES, Image, JobDefinition, Run
+from dockyard.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +139,27 @@ class HubServers:
             offset = int(following["offset"])
 
 
-def notebook_servers_by_image(default_image: str, name_prefix: str) -> dict[str, list[str]] | None:
+def notebook_servers_by_image(
+    default_reference: str, name_prefix: str
+) -> dict[str, list[str]] | None:
     """Running notebook servers by image: from the hub when Dockyard runs as its service,
     else from the engine's notebook containers; None when neither answers."""
     hub = HubServers.from_service_environment()
     if hub is not None:
-        found = hub.by_image(default_image)
+        found = hub.by_image(default_reference)
         if found is not None:
             return found
-    from dockyard.images.engine import image_engine_for_usage
-
     return image_engine_for_usage().running_notebook_images(name_prefix)
+
+
+def notebook_servers_now(session: Session, settings: Settings) -> dict[str, list[str]] | None:
+    """Running notebook servers by image (None: nobody could tell)."""
+    chosen = default_image(session, "notebooks")
+    default_reference = chosen.reference if chosen is not None else settings.notebook_image
+    return notebook_servers_by_image(default_reference, settings.docker_name_prefix)
+
+
+def usage_now(session: Session, settings: Settings, images: list[Image]) -> dict[str, ImageUsage]:
+    """Who uses each of ``images`` now, by reference."""
+    servers = notebook_servers_now(session, settings)
+    return usage_of(session, [image.reference for image in images], servers)

@@ -18,6 +18,7 @@ from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from dockyard.errors import Conflict, Invalid, NotFound
 from dockyard.images.catalog import ImageNotAllowed, default_image, resolve_image, usable_images
 from dockyard.jobs.pools import DEFAULT_POOL
 from dockyard.jobs.schemas import DefinitionIn, FieldProblem, JobLimits, RunIn
@@ -30,7 +31,7 @@ RUN_FIELDS = ("image", "command", "cpu", "memory_mb", "gpu", "env", "timeout_sec
 
 
 class Caller(Protocol):
-    """Who is asking (dockyard.web.auth.User fits)."""
+    """Who is asking (the web layer's User fits)."""
 
     @property
     def name(self) -> str: ...
@@ -42,23 +43,30 @@ class Caller(Protocol):
     def run_id(self) -> int | None: ...
 
 
-class NotFound(Exception):
-    """No such object, or not the caller's."""
+class JobNotFound(NotFound):
+    """No such definition or run, or not the caller's."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what}, or it belongs to someone else.")
 
 
-class Conflict(Exception):
-    """The object is not in a state that allows this (e.g. cancel of a finished run)."""
+class JobConflict(Conflict):
+    """The object is not in a state that allows this (e.g. cancel of a finished run).
+    ``detail`` is the field-level problems if there are any, else the message."""
 
     def __init__(self, message: str, problems: list[FieldProblem] | None = None) -> None:
-        super().__init__(message)
         self.problems = problems or []
+        super().__init__([p.as_dict() for p in self.problems] if self.problems else message)
+        self.args = (message,)
 
 
-class InvalidJob(Exception):
+class InvalidJob(Invalid):
     """Field-level problems with a definition or run request."""
 
     def __init__(self, problems: list[FieldProblem]) -> None:
-        super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
+        super().__init__([p.as_dict() for p in problems])
+        # Pages show it in one line (a flash message).
+        self.args = ("; ".join(f"{p.field}: {p.message}" for p in problems),)
         self.problems = problems
 
 
@@ -110,7 +118,7 @@ def list_definitions(session: Session, caller: Caller) -> list[JobDefinition]:
 def get_definition(session: Session, caller: Caller, definition_id: int) -> JobDefinition:
     definition = session.get(JobDefinition, definition_id)
     if definition is None or not (caller.admin or definition.owner == caller.name):
-        raise NotFound(f"no job definition #{definition_id}")
+        raise JobNotFound(f"no job definition #{definition_id}")
     return definition
 
 
@@ -160,7 +168,7 @@ def _commit_unique_name(session: Session, name: str) -> None:
         session.commit()
     except IntegrityError:
         session.rollback()
-        raise Conflict("name taken", [FieldProblem(
+        raise JobConflict("name taken", [FieldProblem(
             "name", f"you already have a definition named '{name}'")]) from None
 
 
@@ -182,7 +190,7 @@ def definition_history(session: Session, definition: JobDefinition, limit: int =
 def get_run(session: Session, caller: Caller, run_id: int) -> Run:
     run = session.get(Run, run_id)
     if run is None or not (caller.admin or run.owner == caller.name):
-        raise NotFound(f"no run #{run_id}")
+        raise JobNotFound(f"no run #{run_id}")
     return run
 
 
@@ -198,7 +206,7 @@ def create_run(session: Session, caller: Caller, body: RunIn, limits: JobLimits)
     if body.definition_id is not None:
         try:
             definition = get_definition(session, caller, body.definition_id)
-        except NotFound:
+        except JobNotFound:
             problems.append(FieldProblem("definition_id",
                                          f"you have no job definition #{body.definition_id}"))
         else:
@@ -231,8 +239,8 @@ def request_cancel(session: Session, caller: Caller, run_id: int) -> Run:
     """Ask the worker to cancel the run; it stops the job and records the outcome."""
     run = get_run(session, caller, run_id)
     if run.status in FINAL_STATES:
-        raise Conflict(f"run #{run.id} has already ended ({run.status.value}); "
-                       "there is nothing to cancel")
+        raise JobConflict(f"run #{run.id} has already ended ({run.status.value}); "
+                          "there is nothing to cancel")
     if not run.cancel_requested:
         result = session.execute(
             update(Run).where(Run.id == run.id, Run.status.not_in(FINAL_STATES))
@@ -241,8 +249,8 @@ def request_cancel(session: Session, caller: Caller, run_id: int) -> Run:
         if result.rowcount != 1:
             session.rollback()
             session.refresh(run)
-            raise Conflict(f"run #{run.id} has already ended ({run.status.value}); "
-                           "there is nothing to cancel")
+            raise JobConflict(f"run #{run.id} has already ended ({run.status.value}); "
+                              "there is nothing to cancel")
         session.add(RunEvent(run_id=run.id, from_status=run.status.value,
                              to_status=run.status.value, actor=caller.name,
                              reason="cancel requested"))
@@ -256,8 +264,8 @@ def retry_run(session: Session, caller: Caller, run_id: int,
     """A new attempt of a run that has ended (the old one is kept)."""
     run = get_run(session, caller, run_id)
     if run.status not in FINAL_STATES:
-        raise Conflict(f"run #{run.id} is still {run.status.value}; wait for it to end or "
-                       "cancel it first")
+        raise JobConflict(f"run #{run.id} is still {run.status.value}; wait for it to end "
+                          "or cancel it first")
     problems = _check_image(session, run.image)
     if not run.image and limits is not None and limits.pools.needs_image(run.pool):
         problems.append(FieldProblem("image", f"run #{run.id} ran as a local process, without "

@@ -13,19 +13,24 @@ import hmac
 import os
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dockyard.models import Run
 
-if TYPE_CHECKING:
-    from dockyard.web.auth import User
-
 PREFIX = "dyr_"
+
+
+@dataclass(frozen=True)
+class TokenRun:
+    """Whom a live run token speaks for: the run's owner, acting as that run."""
+
+    owner: str
+    run_id: int
 
 
 def hash_token(token: str) -> str:
@@ -61,11 +66,11 @@ def run_id_of(token: str) -> int | None:
     return int(head) if head.isdigit() and len(head) < 19 else None
 
 
-def run_token_lookup(sessions: sessionmaker[Session]) -> Callable[[str], User | None]:
-    """For ``app.extensions["dockyard.run_tokens"]``: a run token → its run's owner."""
-    from dockyard.web.auth import User
+def run_token_lookup(sessions: sessionmaker[Session]) -> Callable[[str], TokenRun | None]:
+    """For ``app.extensions["dockyard.run_tokens"]``: a run token → its run and owner,
+    or None if it is not the token of a run that is still going."""
 
-    def lookup(token: str) -> User | None:
+    def lookup(token: str) -> TokenRun | None:
         run_id = run_id_of(token)
         if run_id is None:
             return None
@@ -77,6 +82,6 @@ def run_token_lookup(sessions: sessionmaker[Session]) -> Callable[[str], User | 
             return None
         if not hmac.compare_digest(row.token_hash, hash_token(token)):
             return None
-        return User(name=row.owner, admin=False, run_id=run_id)
+        return TokenRun(owner=row.owner, run_id=run_id)
 
     return lookup

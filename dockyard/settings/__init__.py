@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -33,6 +32,7 @@ from sqlalchemy.exc import ArgumentError
 
 from dockyard.installation import read_installation
 from dockyard.settings.pools import JobPoolConfig, parse_pools
+from spawner.notebooks.profiles import NotebookProfile
 
 ENV_PREFIX = "DOCKYARD_"
 SUPPORTED_DATABASES = ("sqlite", "postgresql")
@@ -40,18 +40,6 @@ SUPPORTED_DATABASES = ("sqlite", "postgresql")
 
 class SettingsError(Exception):
     """A setting is missing or wrong; the message names it and says how to fix it."""
-
-
-class NotebookProfile(BaseModel):
-    """Resources of a notebook server, chosen on the spawn page."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$", description="Name sent by the form.")
-    description: str = Field("", max_length=200, description="What the spawn page shows.")
-    memory: str = Field(pattern=r"^[0-9]+[KMGT]$", description="Memory limit, e.g. 2G.")
-    cpus: float = Field(gt=0, le=256, description="CPU limit, e.g. 1 or 0.5.")
-    pids: int = Field(1024, ge=64, le=65536, description="Most processes in the container.")
 
 
 DEFAULT_NOTEBOOK_PROFILES = [

@@ -12,6 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter, Map
 
 from dockyard import __version__
+from dockyard.data import Catalog
 from dockyard.db import make_engine, make_session_factory, write_sessions
 from dockyard.models import MAX_ID
 from dockyard.settings import Settings
@@ -47,6 +48,9 @@ def create_app(settings: Settings, identity: Identity | None = None) -> Flask:
     app.extensions["dockyard.engine"] = engine
     app.extensions["dockyard.sessions"] = make_session_factory(engine)
     app.extensions["dockyard.write_sessions"] = write_sessions(engine)
+    app.extensions["dockyard.catalog"] = Catalog.from_settings(
+        settings, engine, sessions=app.extensions["dockyard.sessions"],
+        writes=app.extensions["dockyard.write_sessions"])
     app.extensions["dockyard.identity"] = identity or HubIdentity()
     from dockyard.jobs.tokens import run_token_lookup
 

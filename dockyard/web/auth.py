@@ -16,6 +16,8 @@ from typing import Any, Protocol, TypeVar
 
 from flask import abort, current_app, g, redirect, request, session
 
+from dockyard.jobs.tokens import TokenRun
+
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -86,7 +88,7 @@ class HubIdentity:
         return token, next_url
 
 
-RunTokenLookup = Callable[[str], "User | None"]
+RunTokenLookup = Callable[[str], TokenRun | None]
 
 
 def bearer_token() -> str | None:
@@ -106,7 +108,9 @@ def current_user() -> User | None:
     g.token_auth = token is not None
     if token is not None:
         run_tokens: RunTokenLookup | None = current_app.extensions.get("dockyard.run_tokens")
-        user = run_tokens(token) if run_tokens else None
+        held_by = run_tokens(token) if run_tokens else None
+        if held_by is not None:
+            user = User(name=held_by.owner, admin=False, run_id=held_by.run_id)
         if user is None:
             user = current_app.extensions["dockyard.identity"].user_for_token(token)
     elif session.get("token"):

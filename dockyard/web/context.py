@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import current_app, g
 from sqlalchemy.orm import Session, sessionmaker
 
+from dockyard.data import Catalog
 from dockyard.settings import Settings
 
 
@@ -31,6 +32,11 @@ def write_db() -> Session:
 def write_sessions_of_app() -> sessionmaker[Session]:
     """The app's factory of write sessions, for code that opens its own transactions."""
     return current_app.extensions["dockyard.write_sessions"]
+
+
+def catalog() -> Catalog:
+    """The app's data catalog, over the app's database sessions."""
+    return current_app.extensions["dockyard.catalog"]
 
 
 def close_db(_exc: BaseException | None = None) -> None:

@@ -6,10 +6,11 @@ from typing import Any
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 
-from dockyard.data import CatalogError, names
+from dockyard.data import names
 from dockyard.data.service import Actor, HistoryView
-from dockyard.web.api.data import catalog, catalog_errors
+from dockyard.errors import DockyardError
 from dockyard.web.auth import current_user, page_login_required
+from dockyard.web.context import catalog
 
 bp = Blueprint("data", __name__, url_prefix="/data")
 
@@ -66,7 +67,6 @@ def tables_page() -> Any:
 
 @bp.get("/<namespace>/<name>")
 @page_login_required
-@catalog_errors
 def table_page(namespace: str, name: str) -> Any:
     who = _actor()
     table = catalog().table(who, namespace, name)
@@ -82,7 +82,6 @@ def table_page(namespace: str, name: str) -> Any:
 
 @bp.get("/<namespace>/<name>/partition")
 @page_login_required
-@catalog_errors
 def partition_page(namespace: str, name: str) -> Any:
     """One partition: its current batch, its history timeline and a preview."""
     who = _actor()
@@ -98,7 +97,7 @@ def partition_page(namespace: str, name: str) -> Any:
     try:
         preview = catalog().preview(who, namespace, name, partition=partition,
                                     batch_id=chosen, limit=PREVIEW_ROWS)
-    except CatalogError as exc:
+    except DockyardError as exc:
         preview_error = str(exc)
     return render_template(
         "data/partition.html",
@@ -115,7 +114,6 @@ def partition_page(namespace: str, name: str) -> Any:
 
 @bp.get("/<namespace>/<name>/rollback")
 @page_login_required
-@catalog_errors
 def rollback_confirm(namespace: str, name: str) -> Any:
     """The confirmation step: what the partition points at now and what it will."""
     who = _actor()
@@ -137,7 +135,6 @@ def rollback_confirm(namespace: str, name: str) -> Any:
 
 @bp.post("/<namespace>/<name>/rollback")
 @page_login_required
-@catalog_errors
 def rollback_submit(namespace: str, name: str) -> Any:
     who = _actor()
     table = catalog().table(who, namespace, name)

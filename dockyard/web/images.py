@@ -1,8 +1,8 @@
 """Image catalog pages: admins manage the catalog; users see what they may choose.
 
-Parse, call the catalog service, render. Builds run in the worker; the image page polls
-the build log with htmx (``hx-get`` on a placeholder that replaces itself with the new
-text and the next placeholder), so a reload simply resumes from the stored log.
+Parse, call the catalog (dockyard.images), render. Builds run in the worker; the image
+page polls the build log with htmx (``hx-get`` on a placeholder that replaces itself with
+the new text and the next placeholder), so a reload simply resumes from the stored log.
 """
 
 from __future__ import annotations
@@ -12,38 +12,32 @@ from typing import Any
 from flask import Blueprint, Response, redirect, render_template, request, url_for
 from pydantic import ValidationError
 
-from dockyard.db import transaction
-from dockyard.images.curated import curated_reference
-from dockyard.images.service import (
-    ImageChanges,
-    ImageServiceError,
-    NewImage,
+from dockyard.errors import DockyardError, Invalid, NotFound
+from dockyard.images.catalog import (
     all_images,
     build_is_active,
     build_log_since,
-    describe_source,
     events_of,
     get_image,
     offered_images,
-    update_image,
+    visible_image,
 )
+from dockyard.images.commands import ImageChanges, NewImage, change_image, delete_unused_image
+from dockyard.images.curated import curated_reference
+from dockyard.images.engine import image_engine
+from dockyard.images.sources import describe_source
+from dockyard.images.usage import usage_now
 from dockyard.web.api.images import (
     CreateImage,
     acting_admin,
     build_from_request,
-    buildable_directories,
     caller,
     create_from_request,
-    delete_with_usage_check,
     diff_of,
-    known_profiles,
-    usage_for,
-    visible_image,
-    writer,
 )
 from dockyard.web.auth import page_login_required, require_admin
-from dockyard.web.context import db, settings
-from dockyard.web.errors import validation_detail
+from dockyard.web.context import db, settings, write_sessions_of_app
+from dockyard.web.errors import ApiError, status_of, validation_detail
 from dockyard.web.jobs import url_number
 
 bp = Blueprint("images", __name__, url_prefix="/images")
@@ -68,12 +62,25 @@ def image_source(source: str | None) -> str:
     return describe_source(source)
 
 
+def buildable_directories() -> dict[str, str]:
+    """images/NAME directories an admin may build, with what each image is."""
+    return image_engine(settings()).buildable_directories()
+
+
 def _checked(form_value: str | None) -> bool:
     return form_value in ("on", "true", "1", "yes")
 
 
-def _problem(exc: ImageServiceError) -> list[str]:
-    """The service's detail as lines for a page."""
+# A refusal a page shows above its form: the catalog's, or the upload's size (ApiError).
+Refusal = DockyardError | ApiError
+
+
+def _status(exc: Refusal) -> int:
+    return exc.status if isinstance(exc, ApiError) else status_of(exc)
+
+
+def _problem(exc: Refusal) -> list[str]:
+    """The refusal's detail as lines for a page."""
     detail = exc.detail
     if isinstance(detail, list):
         return [f"{item['field']}: {item['message']}" for item in detail]
@@ -91,7 +98,7 @@ def images_page() -> Any:
         return render_template("images/offered.html", images=offered_images(session))
     images = all_images(session)
     return render_template(
-        "images/list.html", images=images, usage=usage_for(session, images),
+        "images/list.html", images=images, usage=usage_now(session, settings(), images),
         curated_image=curated_reference(settings()),
     )
 
@@ -141,21 +148,17 @@ def create_image_page() -> Any:
             profiles=tuple(body.profiles),
         )
         if mode == "upload" and not request.files:
-            raise ImageServiceError(
-                422, "Invalid input",
-                [{"field": "dockerfile", "message": "choose a Dockerfile or a context archive"}],
+            raise Invalid(
+                [{"field": "dockerfile", "message": "choose a Dockerfile or a context archive"}]
             )
         if mode == "directory" and not body.build_from:
-            raise ImageServiceError(
-                422, "Invalid input",
-                [{"field": "build_from", "message": "choose an image directory"}],
-            )
+            raise Invalid([{"field": "build_from", "message": "choose an image directory"}])
         image = create_from_request(new, body.build_from, actor)
     except ValidationError as exc:
         lines = [f"{d['field']}: {d['message']}" for d in validation_detail(exc)]
         return _render_new(lines, 422, mode=mode, **values)
-    except ImageServiceError as exc:
-        return _render_new(_problem(exc), exc.status, mode=mode, **values)
+    except (DockyardError, ApiError) as exc:
+        return _render_new(_problem(exc), _status(exc), mode=mode, **values)
     return redirect(url_for("images.image_page", image_id=image.id), code=303)
 
 
@@ -169,14 +172,14 @@ def _render_image(image_id: int, errors: list[str] | None = None, status: int = 
     user = caller()
     session = db()
     try:
-        image = visible_image(session, image_id, user)
-    except ImageServiceError as exc:
+        image = visible_image(session, image_id, admin=user.admin)
+    except NotFound as exc:
         return render_template("error.html", status=404, error="Not Found",
                                detail=exc.detail), 404
     context: dict[str, Any] = {"image": image, "errors": errors or [], "admin": user.admin}
     if user.admin:
         context.update(
-            usage=usage_for(session, [image])[image.reference],
+            usage=usage_now(session, settings(), [image])[image.reference],
             events=events_of(session, image),
             building=build_is_active(image),
             log_length=len(image.build_log or ""),
@@ -220,15 +223,11 @@ def unretire_image_page(image_id: int) -> Any:
 
 def _change(image_id: int, changes: ImageChanges, actor: str) -> Any:
     try:
-        with transaction(writer()) as session:
-            update_image(
-                session, get_image(session, image_id), changes, actor=actor,
-                known_profiles=known_profiles(),
-            )
-    except ImageServiceError as exc:
-        if exc.status == 404:
+        change_image(write_sessions_of_app(), settings(), image_id, changes, actor=actor)
+    except DockyardError as exc:
+        if isinstance(exc, NotFound):
             raise
-        return _render_image(image_id, _problem(exc), exc.status)
+        return _render_image(image_id, _problem(exc), _status(exc))
     return redirect(url_for("images.image_page", image_id=image_id), code=303)
 
 
@@ -239,10 +238,10 @@ def build_image_page(image_id: int) -> Any:
     directory = request.form.get("directory") or None
     try:
         build_from_request(image_id, directory, actor)
-    except ImageServiceError as exc:
-        if exc.status == 404:
+    except (DockyardError, ApiError) as exc:
+        if isinstance(exc, NotFound):
             raise
-        return _render_image(image_id, _problem(exc), exc.status)
+        return _render_image(image_id, _problem(exc), _status(exc))
     return redirect(url_for("images.image_page", image_id=image_id), code=303)
 
 
@@ -251,11 +250,11 @@ def build_image_page(image_id: int) -> Any:
 def delete_image_page(image_id: int) -> Any:
     actor = acting_admin()
     try:
-        delete_with_usage_check(image_id, actor)
-    except ImageServiceError as exc:
-        if exc.status == 404:
+        delete_unused_image(db(), write_sessions_of_app(), settings(), image_id, actor=actor)
+    except DockyardError as exc:
+        if isinstance(exc, NotFound):
             raise
-        return _render_image(image_id, _problem(exc), exc.status)
+        return _render_image(image_id, _problem(exc), _status(exc))
     return redirect(url_for("images.images_page"), code=303)
 
 
@@ -271,8 +270,8 @@ def build_log_fragment(image_id: int) -> Any:
     try:
         text, next_offset = build_log_since(session, image_id, offset_value)
         image = get_image(session, image_id)
-    except ImageServiceError as exc:
-        return Response(str(exc.detail), status=exc.status, mimetype="text/plain")
+    except NotFound as exc:
+        return Response(str(exc.detail), status=status_of(exc), mimetype="text/plain")
     building = build_is_active(image)
     html = render_template(
         "images/_log_chunk.html",
@@ -306,8 +305,8 @@ def diff_page() -> Any:
         else:
             try:
                 diff = diff_of(session, first, second, user)
-            except ImageServiceError as exc:
-                errors, status = _problem(exc), exc.status
+            except DockyardError as exc:
+                errors, status = _problem(exc), _status(exc)
     return (
         render_template(
             "images/diff.html",

@@ -13,9 +13,7 @@ from flask import (
     Blueprint,
     Response,
     abort,
-    current_app,
     flash,
-    g,
     redirect,
     render_template,
     request,
@@ -23,18 +21,16 @@ from flask import (
     url_for,
 )
 from pydantic import ValidationError
-from sqlalchemy.orm import Session
 
-from dockyard.db import write_sessions
 from dockyard.images.catalog import default_image, usable_images
 from dockyard.images.curated import curated_reference
 from dockyard.jobs import service
 from dockyard.jobs.logs import log_path, read_log
 from dockyard.jobs.schemas import DefinitionIn, FieldProblem, JobLimits, RunIn
-from dockyard.jobs.service import Conflict, InvalidJob, NotFound, RunFilters
+from dockyard.jobs.service import InvalidJob, JobConflict, JobNotFound, RunFilters
 from dockyard.models import FINAL_STATES, MAX_ID, JobDefinition, Run, RunState, utcnow
 from dockyard.web.auth import User, current_user, page_login_required
-from dockyard.web.context import db, settings
+from dockyard.web.context import db, settings, write_db
 from dockyard.web.errors import validation_detail
 
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
@@ -55,26 +51,6 @@ JOB_FIELDS = ("image", "command", "cpu", "memory_mb", "gpu", "env", "tags", "tim
               "max_retries", "pool")
 
 
-def write_db() -> Session:
-    """The request's session for changes. On SQLite it takes the write lock at its first
-    statement (BEGIN IMMEDIATE): a read that later turns into a write would otherwise
-    fail at once with "database is locked" when the worker wrote in between."""
-    if "jobs_write_db" not in g:
-        factory = current_app.extensions.get("dockyard.jobs.write_sessions")
-        if factory is None:
-            factory = write_sessions(current_app.extensions["dockyard.engine"])
-            current_app.extensions["dockyard.jobs.write_sessions"] = factory
-        g.jobs_write_db = factory()
-    return g.jobs_write_db
-
-
-@bp.teardown_app_request
-def _close_write_db(_exc: BaseException | None = None) -> None:
-    session = g.pop("jobs_write_db", None)
-    if session is not None:
-        session.close()
-
-
 def _caller() -> User:
     user = current_user()
     assert user is not None
@@ -89,7 +65,7 @@ def _limits() -> JobLimits:
 def _found() -> Iterator[None]:
     try:
         yield
-    except NotFound:
+    except JobNotFound:
         abort(404, "Nothing here, or it belongs to someone else.")
 
 
@@ -376,7 +352,7 @@ def cancel(run_id: int) -> Any:
         try:
             service.request_cancel(write_db(), _caller(), run_id)
             flash("Cancel requested; the worker is stopping the run.", "info")
-        except Conflict as exc:
+        except JobConflict as exc:
             flash(str(exc), "warning")
     return redirect(url_for("jobs.run_page", run_id=run_id), code=303)
 
@@ -387,7 +363,7 @@ def retry(run_id: int) -> Any:
     with _found():
         try:
             attempt = service.retry_run(write_db(), _caller(), run_id, _limits())
-        except (Conflict, InvalidJob) as exc:
+        except (JobConflict, InvalidJob) as exc:
             flash(str(exc), "warning")
             return redirect(url_for("jobs.run_page", run_id=run_id), code=303)
     return redirect(url_for("jobs.run_page", run_id=attempt.id), code=303)
@@ -464,7 +440,7 @@ def _save_definition(definition: JobDefinition | None) -> Any:
             return redirect(url_for("jobs.definition_page", definition_id=saved.id), code=303)
         except ValidationError as exc:
             _field_errors(validation_detail(exc), errors)
-        except (InvalidJob, Conflict) as exc:
+        except (InvalidJob, JobConflict) as exc:
             _field_errors(exc.problems, errors)
             if not exc.problems:
                 errors["name"] = str(exc)

@@ -1,22 +1,31 @@
 """One job backend per pool, built from the settings: what the worker dispatches with.
 
-``default`` is the installation's job backend (``DOCKYARD_JOB_BACKEND``, built by
-``make_backend``) unless the admin configured a pool of that name; every pool in
-``DOCKYARD_JOB_POOLS`` gets its own backend. The worker sends each run to its pool's
-backend and reconciles every pool after a restart.
+``default`` is the installation's job backend (``DOCKYARD_JOB_BACKEND``) unless the admin
+configured a pool of that name; every pool in ``DOCKYARD_JOB_POOLS`` gets its own backend.
+Both are built the same way: the settings and the pool's options become a plain
+``BackendConfig`` here, and spawner's registry (``build_backend``) makes the backend. The
+worker sends each run to its pool's backend and reconciles every pool after a restart.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
-from dockyard.containers import container_environment
+from dockyard.containers import (
+    container_environment,
+    dockyard_url_for_containers,
+    dockyard_url_for_processes,
+    local_data_root,
+)
 from dockyard.jobs.pools import DEFAULT_POOL, JobPoolConfig, image_in_pool
+from dockyard.runtime import job_backend_name
 from dockyard.settings import Settings
-from spawner.environment import CONTAINER_DATA_ROOT
-from spawner.jobs import make_backend, resolve_backend_name
+from spawner.environment import CONTAINER_DATA_ROOT, let_containers_write
+from spawner.jobs import build_backend
 from spawner.jobs.base import JobBackend, JobSpec, JobStartError
+from spawner.jobs.config import BackendConfig, EcsOptions
 
 
 class UnknownPool(JobStartError):
@@ -56,14 +65,14 @@ class JobPools:
     @classmethod
     def from_settings(cls, settings: Settings, *, namespace: str) -> JobPools:
         pools: dict[str, JobPool] = {}
-        configured = dict(settings.job_pools)
+        wanted: dict[str, JobPoolConfig | None] = dict(settings.job_pools)
+        if DEFAULT_POOL not in wanted:
+            # DOCKYARD_JOB_BACKEND's pool (config None), first.
+            wanted = {DEFAULT_POOL: None, **wanted}
         try:
-            if DEFAULT_POOL not in configured:
-                backend = make_backend(resolve_backend_name(settings), settings,
-                                       namespace=namespace)
-                pools[DEFAULT_POOL] = _pool(DEFAULT_POOL, backend, None, settings)
-            for name, config in configured.items():
-                backend = build_backend(config, settings, namespace=namespace)
+            for name, config in wanted.items():
+                kind = config.backend if config else job_backend_name(settings)
+                backend = build_backend(kind, namespace, backend_config(kind, settings, config))
                 pools[name] = _pool(name, backend, config, settings)
         except Exception:
             for pool in pools.values():
@@ -118,46 +127,41 @@ def _pool(name: str, backend: JobBackend, config: JobPoolConfig | None,
         settings, backend.dockyard_url, data_root_mounted_at=mounted_at))
 
 
-def build_backend(config: JobPoolConfig, settings: Settings, *, namespace: str) -> JobBackend:
-    """The backend of one configured pool."""
-    url = config.dockyard_url or settings.job_dockyard_url
-    if config.backend in ("docker", "local"):
-        backend = make_backend(config.backend, settings, namespace=namespace)
-        if config.network and hasattr(backend, "network"):
-            backend.network = config.network
-        if config.dockyard_url:
-            backend.dockyard_url = config.dockyard_url
-        return backend
-    if config.backend == "swarm":
-        from dockyard.containers import dockyard_url_for_containers
-        from spawner.jobs.swarm import SwarmJobBackend
+def backend_config(kind: str, settings: Settings, pool: JobPoolConfig | None) -> BackendConfig:
+    """The plain values a ``kind`` backend is built from: the pool's own options (none
+    for the default pool) over the installation's settings."""
+    options = pool or JobPoolConfig(backend=kind)
+    in_containers = kind in ("docker", "swarm")
+    # Containers on this machine reach Dockyard at the Docker gateway; local processes,
+    # and jobs on AWS, at its public URL.
+    url = options.dockyard_url or settings.job_dockyard_url or (
+        dockyard_url_for_containers(settings) if in_containers
+        else dockyard_url_for_processes(settings))
+    data_root = local_data_root(settings) if kind == "docker" else None
+    if data_root:
+        let_containers_write(Path(data_root), ours=settings.data_root == "")
+    return BackendConfig(
+        dockyard_url=url,
+        # A swarm pool's jobs join the node's bridge unless the pool names a network.
+        network=options.network or (settings.docker_network if kind == "docker" else ""),
+        pids_limit=settings.job_pids_limit,
+        pool_size=2 * settings.max_concurrent_runs + 8,
+        stop_grace_seconds=settings.job_stop_grace_seconds,
+        poll_seconds=options.poll_interval,
+        data_root=data_root,
+        root=settings.home / "jobs-local",
+        constraints=tuple(options.constraints),
+        gpu_resource=options.gpu_resource,
+        ecs=_ecs_options(options) if kind == "ecs" else None,
+    )
 
-        return SwarmJobBackend(
-            namespace, url or dockyard_url_for_containers(settings), network=config.network,
-            constraints=config.constraints, gpu_resource=config.gpu_resource,
-            pids_limit=settings.job_pids_limit,
-            stop_grace_seconds=settings.job_stop_grace_seconds,
-            poll_seconds=config.poll_interval, pool_size=2 * settings.max_concurrent_runs + 8)
-    if config.backend == "ecs":
-        from botocore.exceptions import NoRegionError
 
-        from dockyard.containers import dockyard_url_for_processes
-        from spawner.jobs.ecs import EcsJobBackend, EcsOptions
-
-        options = EcsOptions(
-            cluster=config.cluster, launch_type=config.launch_type,
-            capacity_provider=config.capacity_provider,
-            platform_version=config.platform_version, subnets=tuple(config.subnets),
-            security_groups=tuple(config.security_groups),
-            assign_public_ip=config.assign_public_ip, task_role_arn=config.task_role_arn,
-            execution_role_arn=config.execution_role_arn, log_group=config.log_group,
-            log_stream_prefix=config.log_stream_prefix, region=config.region,
-            run_as_user=config.run_as_user, stop_grace_seconds=settings.job_stop_grace_seconds,
-            poll_seconds=config.poll_interval)
-        try:
-            # Jobs on AWS reach Dockyard at its public URL unless told otherwise.
-            return EcsJobBackend(namespace, url or dockyard_url_for_processes(settings), options)
-        except NoRegionError:
-            raise ValueError("an ecs pool needs a region: set its 'region' or AWS_REGION") \
-                from None
-    raise ValueError(f"unknown pool backend {config.backend!r}")
+def _ecs_options(pool: JobPoolConfig) -> EcsOptions:
+    return EcsOptions(
+        cluster=pool.cluster, launch_type=pool.launch_type,
+        capacity_provider=pool.capacity_provider, platform_version=pool.platform_version,
+        subnets=tuple(pool.subnets), security_groups=tuple(pool.security_groups),
+        assign_public_ip=pool.assign_public_ip, task_role_arn=pool.task_role_arn,
+        execution_role_arn=pool.execution_role_arn, log_group=pool.log_group,
+        log_stream_prefix=pool.log_stream_prefix, region=pool.region,
+        run_as_user=pool.run_as_user)

@@ -7,48 +7,38 @@
 | swarm  | Swarm services in job mode               | swarm.py    |
 | ecs    | AWS ECS tasks (Fargate or EC2)           | ecs.py      |
 
-``make_backend`` builds the installation's own backend (DOCKYARD_JOB_BACKEND: docker or
-local); pools.py builds one backend per job pool (DOCKYARD_JOB_POOLS), swarm and ecs
-among them, with the pool's options.
+``build_backend`` is the one way a backend is made: the worker's pools
+(``dockyard/worker/pools.py``) name the kind and give the plain values
+(``BackendConfig``). A backend's module, and the SDK it needs, is imported only when a
+backend of its kind is built.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import importlib
 
-from dockyard.settings import Settings
 from spawner.jobs.base import JobBackend
+from spawner.jobs.config import BackendConfig
 
-BACKEND_NAMES = ("docker", "local")
-
-
-def resolve_backend_name(settings: Settings) -> str:
-    """``auto`` means Docker when an engine answers, else local processes."""
-    if settings.job_backend != "auto":
-        return settings.job_backend
-    from spawner.engine import check_docker
-
-    return "docker" if check_docker().available else "local"
+#: Backend name → "module:class", imported on first use.
+BACKENDS: dict[str, str] = {
+    "docker": "spawner.jobs.docker:DockerJobBackend",
+    "local": "spawner.jobs.local:LocalJobBackend",
+    "swarm": "spawner.jobs.swarm:SwarmJobBackend",
+    "ecs": "spawner.jobs.ecs:EcsJobBackend",
+}
 
 
-def make_backend(name: str, settings: Settings, *, namespace: str) -> JobBackend:
-    if name == "docker":
-        from dockyard.containers import dockyard_url_for_containers, local_data_root
-        from spawner.environment import let_containers_write
-        from spawner.jobs.docker import DockerJobBackend
+def backend_class(name: str) -> type[JobBackend]:
+    try:
+        module, _, attribute = BACKENDS[name].partition(":")
+    except KeyError:
+        raise ValueError(f"unknown job backend {name!r}; choose one of "
+                         f"{', '.join(BACKENDS)}") from None
+    backend: type[JobBackend] = getattr(importlib.import_module(module), attribute)
+    return backend
 
-        url = settings.job_dockyard_url or dockyard_url_for_containers(settings)
-        data_root = local_data_root(settings)
-        if data_root:
-            let_containers_write(Path(data_root), ours=settings.data_root == "")
-        return DockerJobBackend(
-            namespace, url, network=settings.docker_network, pids_limit=settings.job_pids_limit,
-            pool_size=2 * settings.max_concurrent_runs + 8, data_root=data_root,
-        )
-    if name == "local":
-        from dockyard.containers import dockyard_url_for_processes
-        from spawner.jobs.local import LocalJobBackend
 
-        url = settings.job_dockyard_url or dockyard_url_for_processes(settings)
-        return LocalJobBackend(namespace, url, root=settings.home / "jobs-local")
-    raise ValueError(f"unknown job backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
+def build_backend(name: str, namespace: str, config: BackendConfig) -> JobBackend:
+    """The backend called ``name`` for ``namespace``, built from ``config``."""
+    return backend_class(name).from_config(namespace, config)

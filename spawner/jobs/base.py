@@ -1,8 +1,9 @@
 """The one small interface every job backend implements.
 
-A backend knows how to run a job on one kind of engine (a Docker engine, local
-processes; later a Swarm or ECS). It never touches Dockyard's database: the worker gives
-it a ``JobSpec`` and gets back ``JobStatus`` values, and decides what they mean for the run.
+A backend knows how to run a job on one kind of engine (a Docker engine, a swarm, ECS,
+local processes) and is built from plain values (``BackendConfig``). It never touches
+Dockyard's database: the worker gives it a ``JobSpec`` and gets back ``JobStatus`` values,
+and decides what they mean for the run.
 
 The contract that keeps a run from ever starting twice: ``start`` is idempotent per run
 id. Backends name or tag the engine's job after the run (a container name, an ECS
@@ -18,7 +19,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
+
+from spawner.jobs.config import BackendConfig
 
 # Labels (or tags) every backend puts on the jobs it starts, so reconcile can find them.
 LABEL_NAMESPACE = "dockyard.namespace"
@@ -105,6 +108,12 @@ class JobBackend(ABC):
         self.namespace = namespace
         #: Dockyard's API as the jobs of this engine reach it (DOCKYARD_URL in their env).
         self.dockyard_url = dockyard_url
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, namespace: str, config: BackendConfig) -> Self:
+        """The backend for ``namespace``, from the values of ``config`` it understands:
+        how the registry (``spawner.jobs.build_backend``) makes every backend."""
 
     @abstractmethod
     def start(self, spec: JobSpec) -> JobStatus:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
@@ -37,6 +37,7 @@ from spawner.jobs.base import (
     JobStartError,
     JobStatus,
 )
+from spawner.jobs.config import BackendConfig
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,12 @@ class DockerJobBackend(JobBackend):
         # Log and event streams may stay quiet for hours: no read timeout on them.
         self.streams = docker.from_env(timeout=None, max_pool_size=pool_size)
         self._image_users: dict[str, tuple[float, str]] = {}
+
+    @classmethod
+    def from_config(cls, namespace: str, config: BackendConfig) -> Self:
+        return cls(namespace, config.dockyard_url, network=config.network,
+                   pids_limit=config.pids_limit, pool_size=config.pool_size,
+                   data_root=config.data_root)
 
     def _label_filter(self) -> list[str]:
         return [f"{LABEL_NAMESPACE}={self.namespace}", f"{LABEL_ROLE}=job"]

@@ -31,13 +31,13 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Self
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, NoRegionError
 
 from spawner.jobs.base import (
     LABEL_NAMESPACE,
@@ -48,6 +48,7 @@ from spawner.jobs.base import (
     JobStartError,
     JobStatus,
 )
+from spawner.jobs.config import BackendConfig, EcsOptions
 from spawner.jobs.polling import watch_by_polling
 
 log = logging.getLogger(__name__)
@@ -77,35 +78,6 @@ FARGATE_SIZES: tuple[tuple[int, tuple[int, ...]], ...] = (
 
 class EcsThrottled(Exception):
     """AWS kept throttling a call after every retry; the worker tries again later."""
-
-
-@dataclass(frozen=True)
-class EcsOptions:
-    """One ECS pool's settings (see dockyard.jobs.pools.JobPoolConfig)."""
-
-    cluster: str
-    launch_type: str = "FARGATE"
-    capacity_provider: str = ""
-    platform_version: str = ""
-    subnets: tuple[str, ...] = ()
-    security_groups: tuple[str, ...] = ()
-    assign_public_ip: bool = False
-    task_role_arn: str = ""
-    execution_role_arn: str = ""
-    log_group: str = ""
-    log_stream_prefix: str = "dockyard"
-    region: str = ""
-    run_as_user: str = "1000:1000"
-    stop_grace_seconds: int = 10
-    poll_seconds: float = 2.0
-
-    @property
-    def on_fargate(self) -> bool:
-        return self.launch_type == "FARGATE" or self.capacity_provider.startswith("FARGATE")
-
-    @property
-    def network_mode(self) -> str:
-        return "awsvpc" if self.on_fargate or self.subnets else "bridge"
 
 
 # -- pure adapters -------------------------------------------------------------------------
@@ -349,6 +321,19 @@ class EcsJobBackend(JobBackend):
         self._runs: dict[int, str] = {}  # run id → task ARN
         self._handles: dict[str, int] = {}  # task ARN → run id
         self._stop_requested: dict[str, float] = {}
+
+    @classmethod
+    def from_config(cls, namespace: str, config: BackendConfig) -> Self:
+        if config.ecs is None:
+            raise ValueError("an ecs pool needs its options (cluster, log group …)")
+        # The timings are every backend's; EcsOptions carries them for the pure adapters.
+        options = replace(config.ecs, stop_grace_seconds=config.stop_grace_seconds,
+                          poll_seconds=config.poll_seconds)
+        try:
+            return cls(namespace, config.dockyard_url, options)
+        except NoRegionError:
+            raise ValueError("an ecs pool needs a region: set its 'region' or AWS_REGION") \
+                from None
 
     # -- calls to AWS --------------------------------------------------------------------
     def _call(self, method: Callable[..., Any], **kwargs: Any) -> Any:

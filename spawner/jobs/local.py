@@ -19,9 +19,10 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from spawner.jobs.base import EngineState, JobBackend, JobSpec, JobStatus
+from spawner.jobs.config import BackendConfig
 
 _HANDLE_PREFIX = "run-"
 # A state directory with no supervisor after this long was abandoned mid-start.
@@ -36,6 +37,12 @@ class LocalJobBackend(JobBackend):
         self.root = Path(root) / namespace
         self.root.mkdir(parents=True, exist_ok=True)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    @classmethod
+    def from_config(cls, namespace: str, config: BackendConfig) -> Self:
+        if config.root is None:
+            raise ValueError("the local job backend needs a directory for its runs (root)")
+        return cls(namespace, config.dockyard_url, root=config.root)
 
     def _dir(self, handle: str) -> Path:
         if not handle.startswith(_HANDLE_PREFIX) or not handle[len(_HANDLE_PREFIX):].isdigit():

@@ -32,7 +32,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Self
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
@@ -56,6 +56,7 @@ from spawner.jobs.base import (
     JobStartError,
     JobStatus,
 )
+from spawner.jobs.config import BackendConfig
 from spawner.jobs.docker import DEFAULT_JOB_USER, job_user, parse_docker_time, run_id_of
 from spawner.jobs.polling import watch_by_polling
 
@@ -208,6 +209,13 @@ class SwarmJobBackend(JobBackend):
         self.streams = docker.from_env(timeout=None, max_pool_size=pool_size)
         self._node_names: dict[str, str] = {}
         self._image_users: dict[str, tuple[float, str]] = {}
+
+    @classmethod
+    def from_config(cls, namespace: str, config: BackendConfig) -> Self:
+        return cls(namespace, config.dockyard_url, network=config.network,
+                   constraints=config.constraints, gpu_resource=config.gpu_resource,
+                   pids_limit=config.pids_limit, stop_grace_seconds=config.stop_grace_seconds,
+                   poll_seconds=config.poll_seconds, pool_size=config.pool_size)
 
     @property
     def api(self) -> docker.APIClient:

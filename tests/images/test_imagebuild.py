@@ -13,6 +13,7 @@ from spawner.imagebuild import (
     CA_NAME,
     IMAGES_DIR,
     BuildError,
+    BuildStream,
     ContextError,
     ImageBuild,
     ImageSpec,
@@ -21,6 +22,7 @@ from spawner.imagebuild import (
     read_build_ca,
     write_context,
 )
+from spawner.imagefacts import BuildFailed
 from tests.support.requirements import require_image
 
 MAKE_BASE = IMAGES_DIR / "base" / "make-base.sh"
@@ -243,3 +245,37 @@ def test_failing_step_is_reported_with_its_step(tmp_path: Path) -> None:
     assert "non-zero code: 3" in message
     assert "about to fail" in lines
     assert build.result is None
+
+
+def test_build_stream_reads_lines_across_chunks_and_both_ways_of_naming_the_image() -> None:
+    classic = BuildStream([
+        {"stream": "Step 1/2 : FROM debian\n"},
+        {"stream": "\x1b[1mhalf a "}, {"stream": "line\x1b[0m\n"},
+        {"status": "Downloading", "progress": "[==>  ]"},
+        {"aux": {"ID": "sha256:0123456789abcdef"}},
+        {"stream": "Successfully built 0123456789ab\n"},
+    ])
+    assert list(classic.lines()) == [
+        "Step 1/2 : FROM debian", "half a line", "Downloading [==>  ]",
+        "Successfully built 0123456789ab",
+    ]
+    assert classic.image_id == "sha256:0123456789abcdef"  # the full id, when both are sent
+
+    legacy = BuildStream([{"stream": "Successfully built 0123456789ab"}])
+    assert list(legacy.lines()) == ["Successfully built 0123456789ab"]
+    assert legacy.image_id == "0123456789ab"
+
+    nothing = BuildStream([{"stream": "done\n"}])
+    assert list(nothing.lines()) == ["done"] and nothing.image_id == ""
+
+
+def test_build_stream_ends_with_the_engines_reason() -> None:
+    failing = BuildStream([
+        {"stream": "about to fail"},
+        {"errorDetail": {"message": "step one\nreturned a non-zero code: 3"}, "error": "x"},
+    ])
+    lines: list[str] = []
+    with pytest.raises(BuildFailed) as failed:
+        lines.extend(failing.lines())
+    assert lines == ["about to fail"]
+    assert str(failed.value) == "step one\nreturned a non-zero code: 3"

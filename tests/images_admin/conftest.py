@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from dockyard.images.service import ImageWorkRunner
+from dockyard.images.builds import ImageWorkRunner
 from dockyard.settings import Settings
 from tests.browser.conftest import browser, page  # noqa: F401  (browser tests here too)
 from tests.conftest import auth
@@ -56,11 +56,11 @@ class WorkerDriver:
 
     def __init__(self, app: Flask, settings: Settings) -> None:
         self.runner = ImageWorkRunner()
-        self.sessions = app.extensions["dockyard.sessions"]
+        self.writes = app.extensions["dockyard.write_sessions"]
         self.settings = settings
 
     def start(self) -> list[int]:
-        return self.runner.tick(self.sessions, self.settings)
+        return self.runner.tick(self.writes, self.settings)
 
     def finish(self, timeout: float = 300) -> None:
         assert self.runner.wait(timeout), "image work did not finish in time"

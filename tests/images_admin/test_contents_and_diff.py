@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from dockyard.images.service import diff_contents
+from dockyard.images.diff import diff_contents
 from spawner.imageinspect import SECTION_MARK, parse_report
 
 

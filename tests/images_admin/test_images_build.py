@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import update
 
-from dockyard.images.service import ImageWorkRunner
+from dockyard.images.builds import ImageWorkRunner
 from dockyard.models import Image, ImageStatus, utcnow
 from dockyard.settings import Settings
 from tests.images_admin.conftest import (
@@ -199,9 +199,10 @@ def test_a_build_abandoned_by_a_stopped_worker_fails_and_only_one_worker_claims(
         def buildable_directories(self) -> dict[str, str]:
             return {}
 
+    writes = app.extensions["dockyard.write_sessions"]
     first, second = ImageWorkRunner(), ImageWorkRunner()
-    assert first.tick(sessions, migrated, NoEngine()) == [queued_id]  # type: ignore[arg-type]
-    assert second.tick(sessions, migrated, NoEngine()) == []  # type: ignore[arg-type]
+    assert first.tick(writes, migrated, NoEngine()) == [queued_id]  # type: ignore[arg-type]
+    assert second.tick(writes, migrated, NoEngine()) == []  # type: ignore[arg-type]
     first.wait(30)
     with sessions() as session:
         gone = session.get(Image, abandoned_id)

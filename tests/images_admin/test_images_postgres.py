@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from dockyard.images.service import ImageWorkRunner
+from dockyard.images.builds import ImageWorkRunner
 from dockyard.migrate import upgrade
 from dockyard.settings import Settings
 from tests.conftest import web_app
@@ -41,7 +41,7 @@ def test_build_claim_log_and_defaults_on_postgres(
 ) -> None:
     client = pg_app.test_client()
     settings = pg_app.extensions["dockyard.settings"]
-    sessions = pg_app.extensions["dockyard.sessions"]
+    writes = pg_app.extensions["dockyard.write_sessions"]
     data = {
         "reference": our_tag("pg"),
         "context": (tar_of({"Dockerfile": slow_dockerfile("pg"), "notes.txt": b"x"}), "c.tar"),
@@ -52,8 +52,8 @@ def test_build_claim_log_and_defaults_on_postgres(
     image_id = created.json["id"]
 
     first, second = ImageWorkRunner(), ImageWorkRunner()
-    assert first.tick(sessions, settings) == [image_id]
-    assert second.tick(sessions, settings) == []  # claimed once only
+    assert first.tick(writes, settings) == [image_id]
+    assert second.tick(writes, settings) == []  # claimed once only
     assert first.wait(300)
     image = client.get(f"/api/v1/images/{image_id}", headers=ADMIN).json
     assert image["status"] == "ready", image["status_detail"]

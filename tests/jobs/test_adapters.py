@@ -17,7 +17,8 @@ from dockyard.jobs.tokens import hash_token, run_id_of, run_token
 from dockyard.models import RunState
 from dockyard.settings import Settings
 from dockyard.web.jobs import duration_chart
-from dockyard.worker.loop import build_spec, job_namespace
+from dockyard.worker.context import job_namespace
+from dockyard.worker.lifecycle import build_spec
 from spawner.jobs.base import EngineState, JobSpec, JobStatus, command_argv
 from spawner.jobs.docker import (
     DEFAULT_JOB_USER,

@@ -17,7 +17,7 @@ from sqlalchemy import update
 
 from dockyard.models import ImageStatus, Run, RunState
 from dockyard.settings import Settings
-from dockyard.worker.loop import build_spec
+from dockyard.worker.lifecycle import build_spec
 from spawner.jobs.base import LABEL_NAMESPACE, LABEL_RUN_ID
 from spawner.jobs.docker import DockerJobBackend
 from tests.conftest import auth

@@ -154,9 +154,9 @@ class FlakyBackend(LocalJobBackend):
 def test_engine_errors_at_start_are_retried_then_fail_the_run(
         catalog: Settings, client: FlaskClient, monkeypatch: pytest.MonkeyPatch,
         failures: int, outcome: RunState) -> None:
-    import dockyard.worker.loop as worker_module
+    import dockyard.worker.lifecycle as lifecycle_module
 
-    monkeypatch.setattr(worker_module, "START_RETRY_SECONDS", 0.2)
+    monkeypatch.setattr(lifecycle_module, "START_RETRY_SECONDS", 0.2)
     settings = catalog.model_copy(update=dict(job_backend="local", worker_poll_seconds=0.05))
     backend = FlakyBackend("jtflaky", "http://127.0.0.1:9/",
                            root=settings.home / "jobs-local", failures=failures)

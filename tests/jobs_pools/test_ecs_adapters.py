@@ -11,8 +11,8 @@ import pytest
 from dockyard.jobs.states import outcome
 from dockyard.models import RunState
 from spawner.jobs.base import EngineState, JobSpec, JobStartError
+from spawner.jobs.config import EcsOptions
 from spawner.jobs.ecs import (
-    EcsOptions,
     explain_stop,
     fargate_size,
     log_stream_name,

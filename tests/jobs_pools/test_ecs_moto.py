@@ -22,7 +22,8 @@ from sqlalchemy import update
 from dockyard.models import Run, RunState
 from dockyard.settings import Settings
 from spawner.jobs.base import EngineState, JobSpec
-from spawner.jobs.ecs import EcsJobBackend, EcsOptions
+from spawner.jobs.config import EcsOptions
+from spawner.jobs.ecs import EcsJobBackend
 from tests.jobs.conftest import (
     ALICE,
     SHELL_IMAGE,

@@ -17,10 +17,10 @@ from botocore.stub import Stubber
 from dockyard.settings import Settings
 from dockyard.worker.pools import JobPool, JobPools
 from spawner.jobs.base import EngineState, JobSpec, JobStartError
+from spawner.jobs.config import EcsOptions
 from spawner.jobs.ecs import (
     RETRY_CONFIG,
     EcsJobBackend,
-    EcsOptions,
     EcsThrottled,
     task_definition_family,
 )

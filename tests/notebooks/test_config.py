@@ -13,13 +13,14 @@ import pytest
 from traitlets import TraitError
 from traitlets.config import Config
 
-import spawner.notebook as notebook
 from dockyard.runtime import RuntimeChoice
 from dockyard.settings import DEFAULT_NOTEBOOK_PROFILES, Settings
+from hub import spawners
 from hub.hubconfig import configure_hub
-from hub.notebook_images import NotebookImage
-from spawner.notebook import DockyardDockerSpawner, DockyardSwarmSpawner
-from spawner.options import NotebookChoice
+from spawner.notebooks.docker import DockyardDockerSpawner
+from spawner.notebooks.images import NotebookImage
+from spawner.notebooks.options import NotebookChoice
+from spawner.notebooks.swarm import DockyardSwarmSpawner
 
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY = "172.31.0.1"
@@ -27,7 +28,7 @@ GATEWAY = "172.31.0.1"
 
 def configured(settings: Settings, spawner: str, monkeypatch: pytest.MonkeyPatch,
                job_backend: str = "local", **changes: Any) -> Config:
-    monkeypatch.setattr(notebook, "negotiated_api_version", lambda: "1.41")
+    monkeypatch.setattr(spawners, "negotiated_api_version", lambda: "1.41")
     settings = settings.model_copy(update={"hub_connect_ip": GATEWAY, **changes})
     c = Config()
     runtime = RuntimeChoice(spawner, job_backend, "team/nb:1", ())
@@ -44,7 +45,7 @@ def test_docker_notebooks_reach_dockyard_at_the_gateway(
 ) -> None:
     c = configured(settings, "docker", monkeypatch, spark_master="spark://m:7077",
                    ray_address="ray://r:10001", named_servers=2, shared_writable=True)
-    assert c.JupyterHub.spawner_class == "spawner.notebook.DockyardDockerSpawner"
+    assert c.JupyterHub.spawner_class == "spawner.notebooks.docker.DockyardDockerSpawner"
     assert c.JupyterHub.hub_ip == GATEWAY and c.JupyterHub.hub_connect_ip == GATEWAY
     assert c.JupyterHub.ip == "127.0.0.1"  # the public proxy stays on loopback
     web = service(c, "dockyard")
@@ -60,8 +61,8 @@ def test_docker_notebooks_reach_dockyard_at_the_gateway(
     assert c.JupyterHub.cleanup_servers is False
     assert c.Spawner.start_timeout == settings.notebook_start_timeout
     section = c.DockyardDockerSpawner
-    assert section.catalog_db_url == settings.db_url
-    assert section.fallback_image == "team/nb:1"
+    assert section.image_source.db_url == settings.db_url
+    assert section.image_source.fallback_image == "team/nb:1"
     assert section.use_internal_ip is True and section.remove is True
     assert section.shared_writable is True
     assert [p["name"] for p in section.profiles] == ["small", "large"]
@@ -70,7 +71,7 @@ def test_docker_notebooks_reach_dockyard_at_the_gateway(
 
 def test_swarm_uses_the_swarm_spawner(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     c = configured(settings, "swarm", monkeypatch)
-    assert c.JupyterHub.spawner_class == "spawner.notebook.DockyardSwarmSpawner"
+    assert c.JupyterHub.spawner_class == "spawner.notebooks.swarm.DockyardSwarmSpawner"
 
 
 def test_local_processes_are_labelled_development_mode(

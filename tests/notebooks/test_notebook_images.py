@@ -7,7 +7,8 @@ import pytest
 from dockyard.db import make_engine, make_session_factory, transaction
 from dockyard.models import Image, ImageStatus
 from dockyard.settings import Settings
-from hub.notebook_images import ImageNotAllowed, NotebookImages
+from hub.notebook_images import NotebookImages
+from spawner.notebooks.images import ImageNotAllowed
 
 FALLBACK = "dockyard/notebook:latest"
 

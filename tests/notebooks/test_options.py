@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from dockyard.settings import DEFAULT_NOTEBOOK_PROFILES, NotebookProfile
-from hub.notebook_images import NotebookImage
-from spawner.options import (
+from dockyard.settings import DEFAULT_NOTEBOOK_PROFILES
+from spawner.notebooks.images import NotebookImage
+from spawner.notebooks.options import (
     InvalidChoice,
     asks_for_last_choice,
     choose_profile,
@@ -18,6 +18,7 @@ from spawner.options import (
     render_form,
     requested_image,
 )
+from spawner.notebooks.profiles import NotebookProfile
 
 SMALL, LARGE = DEFAULT_NOTEBOOK_PROFILES
 TEAM = NotebookImage("team/nb:1", "Team image", default=True)

@@ -8,13 +8,10 @@ read (current, pinned or as of a time), which also records lineage for job runs.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import wraps
 from typing import Annotated, Any
 
-from flask import current_app, jsonify
+from flask import jsonify
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -26,16 +23,14 @@ from pydantic import (
 )
 from sqlalchemy import select
 
-from dockyard.data import Actor, Catalog, CatalogError
+from dockyard.data import Actor
 from dockyard.models import MAX_ID, Run
 from dockyard.web.api import route
 from dockyard.web.auth import current_user
-from dockyard.web.context import db
+from dockyard.web.context import catalog, db
 from dockyard.web.errors import ApiError
 
 TAG = "data"
-_catalog_lock = threading.Lock()
-
 
 
 def _partition_value(value: Any) -> Any:
@@ -48,37 +43,11 @@ PartitionValue = Annotated[StrictStr | StrictInt, BeforeValidator(_partition_val
 PartitionSpec = dict[str, PartitionValue]
 
 
-def catalog() -> Catalog:
-    """The app's catalog, sharing the app's database engine."""
-    found = current_app.extensions.get("dockyard.catalog")
-    if found is None:
-        with _catalog_lock:
-            found = current_app.extensions.get("dockyard.catalog")
-            if found is None:
-                found = Catalog.from_settings(current_app.extensions["dockyard.settings"],
-                                              current_app.extensions["dockyard.engine"])
-                current_app.extensions["dockyard.catalog"] = found
-    return found
-
-
 def actor() -> Actor:
     user = current_user()
     if user is None:  # the route decorator has already answered 401
         raise ApiError(401, "Unauthorized", "Send a JupyterHub token.")
     return Actor(user.name, user.admin, user.run_id)
-
-
-def catalog_errors(view: Callable[..., Any]) -> Callable[..., Any]:
-    """Catalog errors become JSON errors with their status (pages reuse this too)."""
-
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return view(*args, **kwargs)
-        except CatalogError as exc:
-            raise ApiError(exc.status, exc.error, exc.detail) from None
-
-    return wrapper
 
 
 # -- models ----------------------------------------------------------------------------
@@ -309,7 +278,6 @@ WRITE_REFUSED = "Only the namespace's owner and admins may write to it (everyone
 
 
 @route("/namespaces", tag=TAG, response=NamespaceList)
-@catalog_errors
 def list_namespaces() -> Any:
     """Namespaces, their owners and whether the caller may write to them."""
     return NamespaceList(namespaces=[NamespaceOut.model_validate(n)
@@ -318,7 +286,6 @@ def list_namespaces() -> Any:
 
 @route("/namespaces/<namespace>", "PUT", tag=TAG, body=NamespaceIn, response=NamespaceOut,
        admin=True)
-@catalog_errors
 def put_namespace(namespace: str, body: NamespaceIn) -> Any:
     """Create a namespace for a user or hand it to another owner (admins)."""
     return NamespaceOut.model_validate(catalog().set_namespace_owner(actor(), namespace,
@@ -326,7 +293,6 @@ def put_namespace(namespace: str, body: NamespaceIn) -> Any:
 
 
 @route("/tables", tag=TAG, query=TablesQuery, response=TableList)
-@catalog_errors
 def list_tables(query: TablesQuery) -> Any:
     """All tables (everyone may read every table), optionally of one namespace."""
     tables = catalog().list_tables(actor(), query.namespace)
@@ -334,7 +300,6 @@ def list_tables(query: TablesQuery) -> Any:
 
 
 @route("/tables/<namespace>/<name>", tag=TAG, response=TableOut)
-@catalog_errors
 def get_table(namespace: str, name: str) -> Any:
     """A table: partition keys, schema, owner, size, and whether the caller may write."""
     return _dump(TableOut.model_validate(catalog().table(actor(), namespace, name)))
@@ -343,7 +308,6 @@ def get_table(namespace: str, name: str) -> Any:
 @route("/tables/<namespace>/<name>", "PUT", tag=TAG, body=TableIn, response=TableOut,
        responses={201: "Created", 403: WRITE_REFUSED,
                   409: "Partition keys cannot change once the table has a batch"})
-@catalog_errors
 def put_table(namespace: str, name: str, body: TableIn) -> Any:
     """Create a table (201) or change its description (200).
 
@@ -357,7 +321,6 @@ def put_table(namespace: str, name: str, body: TableIn) -> Any:
 
 @route("/tables/<namespace>/<name>/batches", "POST", tag=TAG, body=BeginIn, response=BeginOut,
        status=201, responses={403: WRITE_REFUSED, 409: "The schema does not match the table's"})
-@catalog_errors
 def begin_batch(namespace: str, name: str, body: BeginIn) -> Any:
     """Begin a batch: returns its id and the directory to write parquet files to.
 
@@ -369,7 +332,6 @@ def begin_batch(namespace: str, name: str, body: BeginIn) -> Any:
 
 
 @route("/tables/<namespace>/<name>/batches/<batch_id>", tag=TAG, response=BatchOut)
-@catalog_errors
 def get_batch(namespace: str, name: str, batch_id: str) -> Any:
     """One batch: state, files, rows, bytes, who wrote it and from which run."""
     return BatchOut.model_validate(catalog().batch(actor(), namespace, name, batch_id))
@@ -378,7 +340,6 @@ def get_batch(namespace: str, name: str, batch_id: str) -> Any:
 @route("/tables/<namespace>/<name>/batches/<batch_id>/commit", "POST", tag=TAG, body=CommitIn,
        response=CommitOut, responses={403: WRITE_REFUSED,
                                       409: "Files missing, or the schema does not match"})
-@catalog_errors
 def commit_batch(namespace: str, name: str, batch_id: str, body: CommitIn) -> Any:
     """Commit a batch: verify its files and make it the partition's current batch.
 
@@ -390,7 +351,6 @@ def commit_batch(namespace: str, name: str, batch_id: str, body: CommitIn) -> An
 
 
 @route("/tables/<namespace>/<name>/partitions", tag=TAG, response=PartitionList)
-@catalog_errors
 def list_partitions(namespace: str, name: str) -> Any:
     """Committed partitions and their current batches."""
     parts = catalog().partitions(actor(), namespace, name)
@@ -398,7 +358,6 @@ def list_partitions(namespace: str, name: str) -> Any:
 
 
 @route("/tables/<namespace>/<name>/history", tag=TAG, query=HistoryQuery, response=HistoryList)
-@catalog_errors
 def table_history(namespace: str, name: str, query: HistoryQuery) -> Any:
     """Every pointer move (commit or rollback), oldest first."""
     entries = catalog().history(actor(), namespace, name, query.partition, limit=query.limit)
@@ -407,7 +366,6 @@ def table_history(namespace: str, name: str, query: HistoryQuery) -> Any:
 
 @route("/tables/<namespace>/<name>/rollback", "POST", tag=TAG, body=RollbackIn,
        response=HistoryOut, responses={403: WRITE_REFUSED, 409: "Nothing to roll back to"})
-@catalog_errors
 def rollback(namespace: str, name: str, body: RollbackIn) -> Any:
     """Point a partition back at an earlier committed batch (owners and admins).
 
@@ -417,7 +375,6 @@ def rollback(namespace: str, name: str, body: RollbackIn) -> Any:
 
 
 @route("/tables/<namespace>/<name>/reads", "POST", tag=TAG, body=ReadsIn, response=ReadPlanOut)
-@catalog_errors
 def resolve_reads(namespace: str, name: str, body: ReadsIn) -> Any:
     """Which committed batches and files to read, recorded as lineage for job runs.
 
@@ -433,7 +390,6 @@ def resolve_reads(namespace: str, name: str, body: ReadsIn) -> Any:
 
 
 @route("/tables/<namespace>/<name>/preview", tag=TAG, query=PreviewQuery, response=PreviewOut)
-@catalog_errors
 def preview(namespace: str, name: str, query: PreviewQuery) -> Any:
     """The first rows of a partition's current batch, or of a pinned batch."""
     result = catalog().preview(actor(), namespace, name, partition=query.partition,
@@ -442,7 +398,6 @@ def preview(namespace: str, name: str, query: PreviewQuery) -> Any:
 
 
 @route("/lineage/runs/<int:run_id>", tag=TAG, response=RunLineageOut)
-@catalog_errors
 def run_lineage(run_id: int) -> Any:
     """The batches a run wrote and read (its owner and admins)."""
     who = actor()

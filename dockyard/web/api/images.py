@@ -8,48 +8,38 @@ the build log incrementally (``GET images/{id}/build-log?offset=N``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
-from functools import wraps
 from typing import Any, Literal
 
-from flask import current_app, request
+from flask import request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from dockyard.db import transaction, write_sessions
-from dockyard.images.catalog import default_image
-from dockyard.images.context import ContextRejected, assemble_upload
-from dockyard.images.engine import image_engine
-from dockyard.images.service import (
-    ImageChanges,
-    ImageServiceError,
-    NewImage,
+from dockyard.images.catalog import (
     all_images,
     build_is_active,
     build_log_since,
-    create_build,
-    delete_image,
-    describe_source,
-    diff_contents,
-    directory_source,
     events_of,
     get_image,
-    invalid,
-    is_offered,
-    new_upload_path,
     offered_images,
-    register_image,
-    request_build,
-    update_image,
-    upload_source,
     versions_of,
+    visible_image,
 )
-from dockyard.images.usage import ImageUsage, notebook_servers_by_image, usage_of
+from dockyard.images.commands import (
+    ImageChanges,
+    NewImage,
+    add_image,
+    build_image_again,
+    change_image,
+    delete_unused_image,
+)
+from dockyard.images.diff import image_diff
+from dockyard.images.sources import describe_source, store_upload
+from dockyard.images.usage import ImageUsage, usage_now
 from dockyard.models import MAX_ID, Image, ImageEvent
 from dockyard.web.api import registry, route
 from dockyard.web.auth import User, current_user, require_admin
-from dockyard.web.context import db, settings
+from dockyard.web.context import db, settings, write_sessions_of_app
 from dockyard.web.errors import ApiError
 
 TAG = "images"
@@ -204,38 +194,6 @@ class ImageDiffOut(BaseModel):
 # -- helpers shared with the pages -----------------------------------------------------
 
 
-def service_errors(view: Callable[..., Any]) -> Callable[..., Any]:
-    """The catalog's refusals as the API's JSON errors."""
-
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return view(*args, **kwargs)
-        except ImageServiceError as exc:
-            raise ApiError(exc.status, exc.error, exc.detail) from None
-
-    return wrapper
-
-
-def writer() -> sessionmaker[Session]:
-    """Sessions that take SQLite's write lock at BEGIN: an admin's read-then-write must
-    not collide with the worker appending a build log."""
-    found = current_app.extensions.get("dockyard.images.writer")
-    if found is None:
-        found = write_sessions(current_app.extensions["dockyard.engine"])
-        current_app.extensions["dockyard.images.writer"] = found
-    return found
-
-
-def buildable_directories() -> dict[str, str]:
-    """images/NAME directories an admin may build, with what each image is."""
-    return image_engine(settings()).buildable_directories()
-
-
-def known_profiles() -> list[str]:
-    return [profile.name for profile in settings().notebook_profiles]
-
-
 def acting_admin() -> str:
     return require_admin().name
 
@@ -244,17 +202,6 @@ def caller() -> User:
     user = current_user()
     assert user is not None
     return user
-
-
-def servers_now(session: Session) -> dict[str, list[str]] | None:
-    """Running notebook servers by image (None: nobody could tell)."""
-    chosen = default_image(session, "notebooks")
-    default_ref = chosen.reference if chosen is not None else settings().notebook_image
-    return notebook_servers_by_image(default_ref, settings().docker_name_prefix)
-
-
-def usage_for(session: Session, images: list[Image]) -> dict[str, ImageUsage]:
-    return usage_of(session, [image.reference for image in images], servers_now(session))
 
 
 def image_out(
@@ -303,21 +250,14 @@ def image_out(
     )
 
 
-def visible_image(session: Session, image_id: int, user: User) -> Image:
-    """The image if this caller may see it: admins all, users the enabled ones (else 404,
-    as if it did not exist)."""
-    image = get_image(session, image_id)
-    if not user.admin and not is_offered(image):
-        raise ImageServiceError(404, "Not Found", f"No image #{image_id} in the catalog.")
-    return image
-
-
 def upload_from_request() -> str | None:
-    """An uploaded Dockerfile/context, checked and stored for the worker; None when the
-    request carries no files."""
+    """The request's uploaded Dockerfile/context, checked and stored for the worker (its
+    build source); None when the request carries no files."""
+    if not request.files:
+        return None
     cap = settings().image_upload_max_mb * 1024 * 1024
     if request.content_length and request.content_length > cap:
-        raise ImageServiceError(
+        raise ApiError(
             413,
             "Upload too large",
             f"Build uploads are limited to {settings().image_upload_max_mb} MB "
@@ -329,83 +269,31 @@ def upload_from_request() -> str | None:
     context = context if context is not None and context.filename else None
     if dockerfile is None and context is None:
         return None
-    path = new_upload_path(settings())
-    try:
-        assemble_upload(
-            path,
-            dockerfile=dockerfile.stream if dockerfile else None,
-            archive=context.stream if context else None,
-            max_bytes=cap,
-        )
-    except ContextRejected as exc:
-        raise invalid(exc.field, exc.message) from None
-    return upload_source(path.name)
-
-
-def discard_upload(source: str | None) -> None:
-    if source and source.startswith("upload:"):
-        (settings().home / "image-builds" / source.split(":", 1)[1]).unlink(missing_ok=True)
+    return store_upload(
+        settings(),
+        dockerfile=dockerfile.stream if dockerfile else None,
+        archive=context.stream if context else None,
+        max_bytes=cap,
+    )
 
 
 def create_from_request(new: NewImage, build_from: str | None, actor: str) -> Image:
     """Register, or build from a directory or an upload, as the request asks."""
-    upload = upload_from_request() if request.files else None
-    try:
-        with transaction(writer()) as session:
-            if upload is not None:
-                image = create_build(
-                    session, new, upload, actor=actor, known_profiles=known_profiles()
-                )
-            elif build_from:
-                source = directory_source(build_from, image_engine(settings()))
-                image = create_build(
-                    session, new, source, actor=actor, known_profiles=known_profiles()
-                )
-            else:
-                image = register_image(
-                    session, image_engine(settings()), new, actor=actor,
-                    known_profiles=known_profiles(),
-                )
-        return image
-    except Exception:
-        discard_upload(upload)
-        raise
+    return add_image(
+        write_sessions_of_app(), settings(), new, build_from=build_from,
+        upload=upload_from_request(), actor=actor,
+    )
 
 
 def build_from_request(image_id: int, directory: str | None, actor: str) -> Image:
-    upload = upload_from_request() if request.files else None
-    try:
-        with transaction(writer()) as session:
-            image = get_image(session, image_id)
-            if upload is not None:
-                source: str | None = upload
-            elif directory:
-                source = directory_source(directory, image_engine(settings()))
-            else:
-                source = None
-            return request_build(session, image, source, actor=actor, settings=settings())
-    except Exception:
-        discard_upload(upload)
-        raise
-
-
-def delete_with_usage_check(image_id: int, actor: str) -> None:
-    session = db()
-    get_image(session, image_id)
-    # Asked before taking the write lock: the hub is another process and may be slow.
-    servers = servers_now(session)
-    session.rollback()
-    with transaction(writer()) as write:
-        image = get_image(write, image_id)
-        usage = usage_of(write, [image.reference], servers)[image.reference]
-        delete_image(write, image, usage, actor=actor, settings=settings())
+    return build_image_again(
+        write_sessions_of_app(), settings(), image_id, directory=directory,
+        upload=upload_from_request(), actor=actor,
+    )
 
 
 def diff_of(session: Session, from_id: int, to_id: int, user: User) -> ImageDiffOut:
-    old = visible_image(session, from_id, user)
-    new = visible_image(session, to_id, user)
-    changes = diff_contents(old.contents or {}, new.contents or {})
-    return ImageDiffOut(from_image=old.reference, to_image=new.reference, **changes)
+    return ImageDiffOut(**image_diff(session, from_id, to_id, admin=user.admin))
 
 
 def _form_or_json_create() -> tuple[NewImage, str | None]:
@@ -446,7 +334,6 @@ def _form_or_json_create() -> tuple[NewImage, str | None]:
 
 
 @route("/images", tag=TAG, query=ImageListQuery, response=ImageList)
-@service_errors
 def list_images(query: ImageListQuery) -> ImageList:
     """The image catalog.
 
@@ -460,14 +347,13 @@ def list_images(query: ImageListQuery) -> ImageList:
         images = [i for i in images if getattr(i, f"for_{query.use}")]
     if not user.admin:
         return ImageList(images=[image_out(image) for image in images])
-    usage = usage_for(session, images)
+    usage = usage_now(session, settings(), images)
     return ImageList(images=[image_out(i, usage=usage[i.reference]) for i in images])
 
 
 @route("/images", "POST", tag=TAG, response=ImageOut, status=201, admin=True,
        responses={404: "The engine has no image by that name",
                   409: "The image is already in the catalog"})
-@service_errors
 def create_image(**_: Any) -> Any:
     """Register an image the engine has, or build a new one.
 
@@ -488,28 +374,25 @@ registry.operations[-1].body = CreateImage
 
 @route("/images/diff", tag=TAG, query=DiffQuery, response=ImageDiffOut,
        responses={404: "No such image in the catalog (or not offered to you)"})
-@service_errors
 def diff_images(query: DiffQuery) -> ImageDiffOut:
     """What changed between two images: versions, kernels, pip and R packages."""
     return diff_of(db(), query.from_, query.to, caller())
 
 
 @route("/images/<int:image_id>", tag=TAG, response=ImageOut)
-@service_errors
 def get_image_route(image_id: int) -> ImageOut:
     """One image, with what it contains; for admins also who uses it and its history."""
     user = caller()
     session = db()
-    image = visible_image(session, image_id, user)
+    image = visible_image(session, image_id, admin=user.admin)
     if not user.admin:
         return image_out(image, full=True)
-    usage = usage_for(session, [image])[image.reference]
+    usage = usage_now(session, settings(), [image])[image.reference]
     return image_out(image, usage=usage, events=events_of(session, image), full=True)
 
 
 @route("/images/<int:image_id>", "PATCH", tag=TAG, body=ImagePatch, response=ImageOut, admin=True,
        responses={409: "Not possible in the image's state (retired, building, unusable)"})
-@service_errors
 def patch_image(image_id: int, body: ImagePatch) -> ImageOut:
     """Change description, uses, defaults, profiles; retire or unretire."""
     actor = acting_admin()
@@ -522,28 +405,21 @@ def patch_image(image_id: int, body: ImagePatch) -> ImageOut:
         profiles=tuple(body.profiles) if body.profiles is not None else None,
         status=body.status,
     )
-    with transaction(writer()) as session:
-        image = update_image(
-            session, get_image(session, image_id), changes, actor=actor,
-            known_profiles=known_profiles(),
-        )
-        session.flush()
-        events = events_of(session, image)
-    return image_out(image, events=events, full=True)
+    image = change_image(write_sessions_of_app(), settings(), image_id, changes, actor=actor)
+    return image_out(image, events=events_of(db(), image), full=True)
 
 
 @route("/images/<int:image_id>", "DELETE", tag=TAG, status=204, admin=True,
        responses={409: "Notebook servers, runs or definitions still use it"})
-@service_errors
 def delete_image_route(image_id: int) -> Any:
     """Remove an image from the catalog; 409 naming who uses it while anything does."""
-    delete_with_usage_check(image_id, acting_admin())
+    delete_unused_image(db(), write_sessions_of_app(), settings(), image_id,
+                        actor=acting_admin())
     return "", 204
 
 
 @route("/images/<int:image_id>/build", "POST", tag=TAG, response=ImageOut, status=202, admin=True,
        responses={409: "The image is retired or already building"})
-@service_errors
 def build_image(image_id: int, **_: Any) -> Any:
     """Build (or rebuild) the image in the worker.
 
@@ -571,7 +447,6 @@ registry.operations[-1].body = BuildRequest
     "/images/<int:image_id>/build-log", tag=TAG, query=BuildLogQuery, response=BuildLogOut,
     admin=True,
 )
-@service_errors
 def build_log(image_id: int, query: BuildLogQuery) -> BuildLogOut:
     """The build log from ``offset`` on; ask again with ``next_offset`` while
     ``building`` is true."""

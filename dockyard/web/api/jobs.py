@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,13 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from dockyard.jobs import service
 from dockyard.jobs.logs import log_path, read_log
 from dockyard.jobs.schemas import Command, DefinitionIn, JobLimits, RunIn
-from dockyard.jobs.service import Conflict, InvalidJob, NotFound, RunFilters, SortKey
+from dockyard.jobs.service import RunFilters, SortKey
 from dockyard.models import MAX_ID, JobDefinition, Run, RunEvent, RunState
 from dockyard.web.api import route
 from dockyard.web.auth import User, current_user
-from dockyard.web.context import db, settings
+from dockyard.web.context import db, settings, write_db
 from dockyard.web.errors import ApiError
-from dockyard.web.jobs import write_db
 
 # -- what the API returns ------------------------------------------------------------------
 NO_IMAGE_MEANS = ("null: no image; the run is a local process in Dockyard's own Python "
@@ -205,20 +202,6 @@ def _limits() -> JobLimits:
     return JobLimits.from_settings(settings())
 
 
-@contextmanager
-def service_errors() -> Iterator[None]:
-    """The service's exceptions as JSON errors with the right status."""
-    try:
-        yield
-    except NotFound as exc:
-        raise ApiError(404, "Not Found", f"{exc}, or it belongs to someone else.") from None
-    except Conflict as exc:
-        detail: Any = [p.as_dict() for p in exc.problems] if exc.problems else str(exc)
-        raise ApiError(409, "Conflict", detail) from None
-    except InvalidJob as exc:
-        raise ApiError(422, "Invalid input", [p.as_dict() for p in exc.problems]) from None
-
-
 # -- definitions ---------------------------------------------------------------------------
 @route("/definitions", tag="jobs", response=DefinitionListOut)
 def list_definitions() -> DefinitionListOut:
@@ -231,32 +214,28 @@ def list_definitions() -> DefinitionListOut:
        responses={409: "You already have a definition of that name"})
 def create_definition(body: DefinitionIn) -> DefinitionOut:
     """Create a job definition: a named recipe (image, command, resources) for runs."""
-    with service_errors():
-        return DefinitionOut.of(service.create_definition(write_db(), _caller(), body, _limits()))
+    return DefinitionOut.of(service.create_definition(write_db(), _caller(), body, _limits()))
 
 
 @route("/definitions/<int:definition_id>", tag="jobs", response=DefinitionOut)
 def get_definition(definition_id: int) -> DefinitionOut:
     """One job definition."""
-    with service_errors():
-        return DefinitionOut.of(service.get_definition(db(), _caller(), definition_id))
+    return DefinitionOut.of(service.get_definition(db(), _caller(), definition_id))
 
 
 @route("/definitions/<int:definition_id>", "PUT", tag="jobs", body=DefinitionIn,
        response=DefinitionOut, responses={409: "You already have a definition of that name"})
 def update_definition(definition_id: int, body: DefinitionIn) -> DefinitionOut:
     """Replace a job definition (runs already made from it keep their copy)."""
-    with service_errors():
-        return DefinitionOut.of(
-            service.update_definition(write_db(), _caller(), definition_id, body, _limits())
-        )
+    return DefinitionOut.of(
+        service.update_definition(write_db(), _caller(), definition_id, body, _limits())
+    )
 
 
 @route("/definitions/<int:definition_id>", "DELETE", tag="jobs", status=204)
 def delete_definition(definition_id: int) -> Response:
     """Delete a job definition; its runs stay, as ad-hoc runs."""
-    with service_errors():
-        service.delete_definition(write_db(), _caller(), definition_id)
+    service.delete_definition(write_db(), _caller(), definition_id)
     return Response(status=204)
 
 
@@ -272,8 +251,7 @@ def list_pools() -> PoolListOut:
 @route("/runs", "POST", tag="jobs", body=RunIn, response=RunOut, status=201)
 def create_run(body: RunIn) -> RunOut:
     """Queue a run, from a definition (other fields override it) or ad hoc."""
-    with service_errors():
-        return RunOut.of(service.create_run(write_db(), _caller(), body, _limits()))
+    return RunOut.of(service.create_run(write_db(), _caller(), body, _limits()))
 
 
 @route("/runs", tag="jobs", query=RunsQuery, response=RunPageOut)
@@ -290,24 +268,21 @@ def list_runs(query: RunsQuery) -> RunPageOut:
         definition_id=query.definition, since=query.since, until=query.until, sort=query.sort,
         cursor=query.cursor, limit=limit,
     )
-    with service_errors():
-        page = service.list_runs(db(), _caller(), filters)
+    page = service.list_runs(db(), _caller(), filters)
     return RunPageOut(runs=[RunOut.of(r) for r in page.runs], next_cursor=page.next_cursor)
 
 
 @route("/runs/<int:run_id>", tag="jobs", response=RunOut)
 def get_run(run_id: int) -> RunOut:
     """One run: status, timing, exit code and reason."""
-    with service_errors():
-        return RunOut.of(service.get_run(db(), _caller(), run_id))
+    return RunOut.of(service.get_run(db(), _caller(), run_id))
 
 
 @route("/runs/<int:run_id>/cancel", "POST", tag="jobs", response=RunOut, status=202,
        responses={409: "The run has already ended"})
 def cancel_run(run_id: int) -> RunOut:
     """Ask for a run to be cancelled; the worker stops it. 409 if it has already ended."""
-    with service_errors():
-        return RunOut.of(service.request_cancel(write_db(), _caller(), run_id))
+    return RunOut.of(service.request_cancel(write_db(), _caller(), run_id))
 
 
 @route("/runs/<int:run_id>/retry", "POST", tag="jobs", response=RunOut, status=201,
@@ -315,15 +290,13 @@ def cancel_run(run_id: int) -> RunOut:
                   "be used"})
 def retry_run(run_id: int) -> RunOut:
     """Queue a new attempt of a run that has ended; the old attempt is kept."""
-    with service_errors():
-        return RunOut.of(service.retry_run(write_db(), _caller(), run_id, _limits()))
+    return RunOut.of(service.retry_run(write_db(), _caller(), run_id, _limits()))
 
 
 @route("/runs/<int:run_id>/events", tag="jobs", response=EventListOut)
 def run_events(run_id: int) -> EventListOut:
     """Every change of the run's status, with who and why."""
-    with service_errors():
-        run = service.get_run(db(), _caller(), run_id)
+    run = service.get_run(db(), _caller(), run_id)
     return EventListOut(events=[EventOut.of(e) for e in service.events_of(db(), run)])
 
 
@@ -331,8 +304,7 @@ def run_events(run_id: int) -> EventListOut:
 def run_logs(run_id: int, query: LogQuery) -> Any:
     """The run's output after byte ?offset= (poll with next_offset while it runs), or
     ?format=text for the whole log as a file."""
-    with service_errors():
-        run = service.get_run(db(), _caller(), run_id)
+    run = service.get_run(db(), _caller(), run_id)
     path = log_path(settings(), run.id)
     if query.format == "text":
         if not path.exists():

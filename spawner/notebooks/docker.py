@@ -1,8 +1,8 @@
-"""Notebook servers: one container per user server, from an image in Dockyard's catalog.
+"""DockyardDockerSpawner: a notebook server in a container on one Docker engine.
 
-``DockyardDockerSpawner`` is DockerSpawner with Dockyard's choices (image and resource
-profile, checked on the server), storage (a home volume per user, the team's /shared
-volume), limits and hardening, and the changes a login burst needs:
+DockerSpawner with Dockyard's choices (image and resource profile, checked on the server),
+storage (a home volume per user, the team's /shared volume), limits and hardening, and the
+changes a login burst needs:
 
 - Docker calls run on a bounded pool of threads, each with its own API client, instead
   of DockerSpawner's single thread per class, behind which twenty spawns queue.
@@ -13,44 +13,43 @@ volume), limits and hardening, and the changes a login burst needs:
 - Timeouts are generous (``DOCKYARD_NOTEBOOK_START_TIMEOUT``): a slow start on a busy
   machine is not a failure.
 
-``DockyardSwarmSpawner`` is the same on a Docker Swarm (SwarmSpawner underneath).
-Local processes (``SimpleLocalProcessSpawner``) stand in when there is no engine.
+It takes plain values only: profiles as dicts of ``NotebookProfile`` fields, and an
+``ImageSource`` that says which images are on offer (the hub configuration,
+``hub/spawners.py``, sets both).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
 import tarfile
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import docker
 from docker.errors import APIError, NotFound
-from docker.types import Mount, Resources
 from docker.utils import kwargs_from_env
-from dockerspawner import DockerSpawner, SwarmSpawner
+from dockerspawner import DockerSpawner
 from jupyterhub.spawner import SpawnException
 from tornado import web
-from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default, validate
-
-from dockyard.containers import (  # moves to hub/ with the spawner's configuration
-    container_environment,
-    container_gateway,
-    dockyard_url_for_containers,
-    dockyard_url_for_processes,
-    local_data_root,
+from traitlets import (
+    Bool,
+    Dict,
+    Float,
+    Instance,
+    Int,
+    List,
+    TraitError,
+    Unicode,
+    default,
+    validate,
 )
-from dockyard.runtime import RuntimeChoice
-from dockyard.settings import NotebookProfile, Settings
-from hub.notebook_images import ImageNotAllowed, NotebookImage, NotebookImages
-from spawner.environment import CONTAINER_DATA_ROOT
-from spawner.options import (
+
+from spawner.environment import CONTAINER_DATA_ROOT, CONTAINER_GID, CONTAINER_UID
+from spawner.notebooks.images import ImageNotAllowed, ImageSource, NotebookImage
+from spawner.notebooks.options import (
     InvalidChoice,
     NotebookChoice,
     asks_for_last_choice,
@@ -60,6 +59,8 @@ from spawner.options import (
     render_form,
     requested_image,
 )
+from spawner.notebooks.profiles import NotebookProfile
+from spawner.notebooks.progress import StartProgress
 
 # Docker calls of all spawns share this pool. Sixteen threads let a burst of spawns create
 # and start their containers side by side (the engine serialises what it must itself)
@@ -69,9 +70,6 @@ _docker_pool = ThreadPoolExecutor(DOCKER_THREADS, thread_name_prefix="dockyard-d
 _thread_clients = threading.local()
 
 SERVER_LABEL = "dockyard.notebook"
-# Jupyter configuration that gives a home's first server Welcome.ipynb; the notebook image
-# has it at /opt/dockyard/welcome, local processes take it from the repository.
-WELCOME_CONFIG = Path(__file__).resolve().parents[1] / "images" / "notebook" / "welcome"
 VOLUME_LABEL = "dockyard.volume"
 
 
@@ -93,64 +91,12 @@ class SpawnFailed(SpawnException):
         super().__init__(message, reason=reason, status_code=status_code)
 
 
-class StartProgress:
-    """The steps of a server's latest start, for the spawn page's progress stream.
-
-    JupyterHub counts a spawn pending from the request until the server is ready, and
-    streams progress to whoever opens the spawn page in that time: before it calls
-    ``start()`` (while it applies the options and runs its hooks), during ``start()``, or
-    after it (while it checks the server and adds its route). Each of them must see every
-    step, so a start's steps are kept until the next spawn is prepared, and a stream opened
-    before ``start()`` waits for it instead of ending with nothing.
-    """
-
-    def __init__(self) -> None:
-        self.steps: list[dict[str, Any]] = []
-        self.finished = False
-        self._changed = asyncio.Event()
-
-    def note(self, progress: int, message: str) -> None:
-        self.steps.append({"progress": progress, "message": message})
-        self._changed.set()
-
-    def finish(self) -> None:
-        self.finished = True
-        self._changed.set()
-
-    def start_over(self) -> None:
-        """Drop the last start's steps: those that follow are the next start's, and a
-        stream waiting for it follows them from the first."""
-        self.steps = []
-        self.finished = False
-        self._changed.set()
-
-    async def follow(self) -> AsyncIterator[dict[str, Any]]:
-        """Every step of the current start from its first, then the next ones as they
-        come, until the start has finished."""
-        steps, sent = self.steps, 0
-        while True:
-            if self.steps is not steps:  # the next start began: follow it from its first step
-                steps, sent = self.steps, 0
-            # Steps already recorded go out with no await in between: JupyterHub's
-            # iterate_until() stops once the spawn is over and drops whatever its stream
-            # would have had to wait for, but a step that needs no wait is never dropped.
-            while sent < len(steps):
-                yield steps[sent]
-                sent += 1
-            if self.finished:
-                return
-            self._changed.clear()
-            await self._changed.wait()
-
-
 class DockyardDockerSpawner(DockerSpawner):
     """A notebook server in a container on one Docker engine."""
 
-    catalog_db_url = Unicode(
-        "", config=True, help="Dockyard's database, where the notebook images are listed."
-    )
-    fallback_image = Unicode(
-        "", config=True, help="Image offered while the catalog has no notebook image."
+    image_source = Instance(
+        ImageSource, allow_none=True, config=True,
+        help="Where the images a user may start from come from (offered(), resolve()).",
     )
     profiles = List(
         Dict(), config=True, help="Resource profiles (NotebookProfile fields); first is default."
@@ -170,8 +116,8 @@ class DockyardDockerSpawner(DockerSpawner):
         help=f"Host directory of a local data root, mounted read-write at {CONTAINER_DATA_ROOT} "
         "so the data client writes its batches there (empty for s3:// roots).",
     )
-    notebook_uid = Int(1000, config=True, help="User id the server runs as (never 0).")
-    notebook_gid = Int(100, config=True, help="Group id the server runs as.")
+    notebook_uid = Int(CONTAINER_UID, config=True, help="User id the server runs as (never 0).")
+    notebook_gid = Int(CONTAINER_GID, config=True, help="Group id the server runs as.")
     probe_interval = Float(
         0.02, config=True,
         help="Seconds between connect probes while a server starts; stretched when many "
@@ -225,17 +171,13 @@ class DockyardDockerSpawner(DockerSpawner):
 
     # -- what the user may choose ------------------------------------------------------
     @cached_property
-    def catalog(self) -> NotebookImages:
-        return NotebookImages(self.catalog_db_url, self.fallback_image)
-
-    @cached_property
     def notebook_profiles(self) -> list[NotebookProfile]:
         return [NotebookProfile(**profile) for profile in self.profiles]
 
     @default("options_form")
     def _default_options_form(self) -> Any:
         async def form(spawner: DockyardDockerSpawner) -> str:
-            images = await asyncio.to_thread(spawner.catalog.offered)
+            images = await asyncio.to_thread(spawner.image_source.offered)
             previous = spawner.orm_spawner.user_options if spawner.orm_spawner else None
             return render_form(images, spawner.notebook_profiles, previous=previous)
 
@@ -263,7 +205,7 @@ class DockyardDockerSpawner(DockerSpawner):
     async def last_choice(self) -> dict[str, str]:
         """The options of a one-click start: the user's last choice while it is offered,
         else the default (a 400 with the reason when nothing may start)."""
-        images = await asyncio.to_thread(self.catalog.offered)
+        images = await asyncio.to_thread(self.image_source.offered)
         previous = self.orm_spawner.user_options if self.orm_spawner else None
         try:
             options = last_choice(previous, images, self.notebook_profiles)
@@ -281,10 +223,10 @@ class DockyardDockerSpawner(DockerSpawner):
 
     async def resolve_choice(self, user_options: dict[str, Any]) -> NotebookChoice:
         """The image and profile ``user_options`` ask for, checked against what the
-        catalog offers now; anything else is a 400 with a message to act on."""
+        image source offers now; anything else is a 400 with a message to act on."""
         def lookup() -> NotebookImage:
-            images = self.catalog.offered()
-            return self.catalog.resolve(requested_image(user_options, images))
+            images = self.image_source.offered()
+            return self.image_source.resolve(requested_image(user_options, images))
 
         try:
             image = await asyncio.to_thread(lookup)
@@ -510,7 +452,7 @@ class DockyardDockerSpawner(DockerSpawner):
         cls._waiting_servers += 1
         try:
             while True:
-                if await _answers(ip, port, url_path):
+                if await server_answers(ip, port, url_path):
                     return
                 if loop.time() >= next_check:
                     status = await self.poll()
@@ -576,99 +518,7 @@ class DockyardDockerSpawner(DockerSpawner):
         self._progress.start_over()
 
 
-class DockyardSwarmSpawner(DockyardDockerSpawner, SwarmSpawner):
-    """The same notebook server as a Swarm service.
-
-    Services join a swarm-scoped bridge network that the hub (on the manager) reaches
-    directly, so nothing is published on the host. Swarm services on Engine 20.10 cannot
-    set no-new-privileges; all capabilities are dropped and the user is never root.
-    """
-
-    @default("network_name")
-    def _default_network_name(self) -> str:
-        return f"{self.name_prefix}-notebooks"
-
-    @default("use_internal_ip")
-    def _default_use_ip(self) -> bool:
-        return True
-
-    @property
-    def mounts(self) -> list[Mount]:  # type: ignore[override]
-        # SwarmSpawner mounts every volume as a bind; a named volume needs type=volume.
-        return [
-            Mount(target=bind["bind"], source=source, read_only=bind["mode"] == "ro",
-                  type="bind" if source.startswith("/") else "volume")
-            for source, bind in self.volume_binds.items()
-        ]
-
-    def apply_choice(self, choice: NotebookChoice) -> None:
-        super().apply_choice(choice)
-        self.extra_container_spec = {
-            "user": f"{self.notebook_uid}:{self.notebook_gid}",
-            "workdir": self.home_dir,
-            "labels": self.object_labels(),
-            "cap_drop": ["ALL"],
-        }
-        resources = Resources(mem_limit=choice.memory_bytes,
-                              cpu_limit=int(choice.profile.cpus * 1e9))
-        resources["Limits"]["Pids"] = choice.profile.pids
-        self.extra_task_spec = {"resources": resources}
-        self.extra_create_kwargs = {"labels": self.object_labels()}
-
-    async def ensure_volumes(self) -> list[str]:
-        await self.ensure_network()
-        return await super().ensure_volumes()
-
-    async def ensure_network(self) -> None:
-        try:
-            await self.docker("inspect_network", self.network_name)
-        except NotFound:
-            try:
-                await self.docker("create_network", self.network_name, driver="bridge",
-                                  scope="swarm", attachable=True,
-                                  labels={"dockyard.prefix": self.name_prefix})
-            except APIError as exc:
-                if exc.status_code != 409:  # another spawn made it first
-                    raise
-
-    async def prepare_before_create(self, fresh: list[str]) -> None:
-        # A task's container cannot be looked into before it runs, so a fresh volume is
-        # handed to the notebook user first (mounted where the image's directory is, so
-        # the image's content is copied in as it would be for the service).
-        for volume, path in self.volumes_to_own().items():
-            if volume in fresh:
-                await self.give_volume_to_user(volume, path)
-
-    async def prepare_after_create(self, obj: dict[str, Any], fresh: list[str]) -> None:
-        return None
-
-    async def start_object(self) -> None:
-        # SwarmSpawner waits for the task with a back-off from 1 s to 11 s; poll briskly.
-        delay = 0.1
-        while True:
-            task = await self.get_task()
-            if not task:
-                raise SpawnFailed(f"Service {self.service_name} has no task.", reason="swarm")
-            state = task["Status"]["State"].lower()
-            if state == "running":
-                return
-            if state in ("failed", "rejected", "shutdown", "complete", "orphaned"):
-                raise SpawnFailed(f"Service {self.service_name} did not start: "
-                                  f"{task['Status'].get('Err') or state}", reason="swarm")
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
-
-    async def get_ip_and_port(self) -> tuple[str, int]:
-        task = await self.get_task()
-        container_id = task["Status"]["ContainerStatus"]["ContainerID"]
-        info = await self.docker("inspect_container", container_id)
-        return info["NetworkSettings"]["Networks"][self.network_name]["IPAddress"], self.port
-
-    async def exit_report(self, status: Any) -> str:
-        return f"The notebook service stopped before it answered: {status}"
-
-
-async def _answers(ip: str, port: int, path: str) -> bool:
+async def server_answers(ip: str, port: int, path: str) -> bool:
     """Does the server answer? A refused connect costs microseconds, so probe with that;
     once the port accepts, one HTTP request waits for the server's first answer."""
     try:
@@ -686,103 +536,3 @@ async def _answers(ip: str, port: int, path: str) -> bool:
     parts = status_line.split()
     return len(parts) >= 2 and parts[1].isdigit() and int(parts[1]) < 500
 
-
-# -- JupyterHub configuration ------------------------------------------------------------
-def configure_spawner(c: Any, settings: Settings, runtime: RuntimeChoice, *, python: str,
-                      environ: dict[str, str]) -> None:
-    c.Spawner.server_token_scopes = [
-        "users:activity!user",
-        "access:servers!server",
-        # The data client calls Dockyard with the notebook's own token.
-        "access:services!service=dockyard",
-    ]
-    c.Spawner.default_url = "/lab"
-    c.Spawner.start_timeout = settings.notebook_start_timeout
-    # start() returns only once the server answers, so the hub's own wait that follows
-    # succeeds at once; this limit only matters if the server dies in between.
-    c.Spawner.http_timeout = 60
-    c.JupyterHub.allow_named_servers = settings.named_servers > 0
-    c.JupyterHub.named_server_limit_per_user = settings.named_servers
-    template_vars = {"dockyard_notebooks": runtime.spawner}
-    if runtime.spawner in ("docker", "swarm"):
-        _configure_containers(c, settings, runtime)
-    else:
-        _configure_local(c, settings, python)
-        template_vars["dockyard_dev_mode_note"] = (
-            "Development mode: notebook servers run as local processes on this machine, "
-            "without containers, limits or isolation."
-        )
-    c.JupyterHub.template_vars.update(template_vars)  # merges with what others set
-
-
-def _configure_containers(c: Any, settings: Settings, runtime: RuntimeChoice) -> None:
-    gateway = container_gateway(settings)
-    # The hub API listens only on the gateway address: reachable from our containers and
-    # from the proxy on this machine, nowhere else.
-    c.JupyterHub.hub_ip = gateway
-    c.JupyterHub.hub_connect_ip = gateway
-    swarm = runtime.spawner == "swarm"
-    spawner = DockyardSwarmSpawner if swarm else DockyardDockerSpawner
-    c.JupyterHub.spawner_class = f"{spawner.__module__}.{spawner.__name__}"
-    section = c.DockyardDockerSpawner
-    section.client_kwargs = {"version": negotiated_api_version()}
-    section.catalog_db_url = settings.db_url
-    section.fallback_image = runtime.notebook_image
-    section.image = runtime.notebook_image
-    section.profiles = [profile.model_dump() for profile in settings.notebook_profiles]
-    section.name_prefix = settings.docker_name_prefix
-    section.shared_writable = settings.shared_writable
-    section.remove = True  # a stopped server's container goes; its home volume stays
-    data_root = local_data_root(settings)
-    if data_root:
-        section.data_root = data_root
-        _let_notebooks_write(Path(data_root), default=settings.data_root == "")
-    if not swarm:
-        # Images reach the engine through the catalog (built or pulled by an admin there);
-        # a spawn never pulls on its own, which would stall a login burst on a registry.
-        section.pull_policy = "never"
-        section.network_name = settings.docker_network
-        # The hub and proxy on this machine reach the container on the bridge directly,
-        # so no port is published on the host.
-        section.use_internal_ip = True
-    c.Spawner.environment = container_environment(
-        settings, dockyard_url_for_containers(settings),
-        data_root_mounted_at=CONTAINER_DATA_ROOT if data_root else None,
-    )
-
-
-def _let_notebooks_write(data_root: Path, *, default: bool) -> None:
-    """Notebooks (uid 1000) write their batches into a local data root. Dockyard's own
-    default directory is handed to them when the hub runs as root; a directory an admin
-    chose is never changed behind their back, only reported."""
-    uid, gid = DockyardDockerSpawner.notebook_uid.default_value, \
-        DockyardDockerSpawner.notebook_gid.default_value
-    data_root.mkdir(parents=True, exist_ok=True)
-    if data_root.stat().st_uid == uid:
-        return
-    if default and os.geteuid() == 0:
-        os.chown(data_root, uid, gid)
-        return
-    if data_root.stat().st_mode & 0o002 == 0:
-        logging.getLogger("JupyterHub").warning(
-            "Notebooks run as uid %s and may not be able to write the data root %s; make "
-            "it writable for that user, or use an s3:// data root.", uid, data_root)
-
-
-def _configure_local(c: Any, settings: Settings, python: str) -> None:
-    users = settings.home / "users"
-    users.mkdir(parents=True, exist_ok=True)
-    c.JupyterHub.spawner_class = "jupyterhub.spawner.SimpleLocalProcessSpawner"
-    c.SimpleLocalProcessSpawner.home_dir_template = str(users / "{username}")
-    c.Spawner.cmd = [str(Path(python).parent / "jupyterhub-singleuser")]
-    if os.geteuid() == 0:
-        c.Spawner.args = ["--allow-root"]
-    environment = container_environment(settings, dockyard_url_for_processes(settings))
-    if WELCOME_CONFIG.is_dir():
-        # The notebook image's welcome for a first server (Welcome.ipynb, copied once).
-        environment["JUPYTER_CONFIG_PATH"] = str(WELCOME_CONFIG)
-    c.Spawner.environment = environment
-
-
-__all__ = ["DockyardDockerSpawner", "DockyardSwarmSpawner", "SpawnFailed", "configure_spawner",
-           "negotiated_api_version"]

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from dockyard.settings import NotebookProfile
-from hub.notebook_images import NotebookImage
+from spawner.notebooks.images import NotebookImage
+from spawner.notebooks.profiles import NotebookProfile
 
 OPTION_KEYS = ("image", "profile")
 # The query of a one-click start (/hub/spawn?opt-choice=last): the user's last choice,
