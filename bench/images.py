@@ -93,7 +93,7 @@ def main() -> int:
     from dockyard.settings import Settings
     from dockyard.web import create_app
     from dockyard.web.auth import User
-    from spawner.imageinspect import inspect_image
+    from spawner.images.inspect import inspect_image
 
     class Tokens:
         def user_for_token(self, token: str) -> User | None:

@@ -267,7 +267,7 @@ def ensure_build_ca(images_dir: Path, bundle: Path | None) -> bool:
     target = images_dir / "build-ca.crt"
     if target.exists():
         return False
-    from spawner.imagebuild import read_build_ca
+    from spawner.images.build import read_build_ca
 
     target.write_bytes(read_build_ca(bundle))
     return True

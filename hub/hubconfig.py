@@ -79,7 +79,7 @@ def configure_hub(
     # The hub's pages wear Dockyard's brand: its templates first, then the navigation
     # bar and logo shared with the Dockyard service's own pages.
     web = repo / "dockyard" / "web"
-    c.JupyterHub.template_paths = [str(repo / "config" / "templates"),
+    c.JupyterHub.template_paths = [str(repo / "hub" / "templates"),
                                    str(web / "templates" / "shared")]
     c.JupyterHub.logo_file = str(web / "static" / "dockyard-logo.svg")
     c.JupyterHub.template_vars.update({

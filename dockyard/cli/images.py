@@ -39,7 +39,7 @@ def build(names: tuple[str, ...], no_cache: bool, build_args: tuple[str, ...],
 
     With no name, or 'all', builds every image this checkout has.
     """
-    from spawner.imagebuild import BuildError, ImageBuild, available_images
+    from spawner.images.build import BuildError, ImageBuild, available_images
 
     known = available_images()
     wanted = list(known) if not names or "all" in names else list(dict.fromkeys(names))

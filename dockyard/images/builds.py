@@ -31,10 +31,10 @@ from dockyard.images.sources import (
 )
 from dockyard.models import Image, ImageEvent, ImageStatus, utcnow
 from dockyard.settings import Settings
-from spawner.imagefacts import BuildFailed, EngineUnavailable
+from spawner.images.facts import BuildFailed, EngineUnavailable
 
 if TYPE_CHECKING:  # the web app never imports docker
-    from spawner.imageinspect import LeftoverInspection
+    from spawner.images.inspect import LeftoverInspection
 
 log = logging.getLogger(__name__)
 

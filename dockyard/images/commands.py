@@ -45,7 +45,7 @@ from dockyard.images.sources import describe_source, directory_source, forget_up
 from dockyard.images.usage import ImageUsage, notebook_servers_now, usage_of
 from dockyard.models import Image, ImageStatus, utcnow
 from dockyard.settings import Settings
-from spawner.imagefacts import EngineUnavailable
+from spawner.images.facts import EngineUnavailable
 
 log = logging.getLogger(__name__)
 

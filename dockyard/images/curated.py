@@ -31,7 +31,7 @@ from dockyard.images.errors import ImageRefused
 from dockyard.images.reference import InvalidReference, normalize_reference, parse_reference
 from dockyard.models import CuratedImageSeed, Image
 from dockyard.settings import Settings
-from spawner.imagefacts import EngineUnavailable
+from spawner.images.facts import EngineUnavailable
 
 log = logging.getLogger(__name__)
 

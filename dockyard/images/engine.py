@@ -1,7 +1,7 @@
 """What the image catalog needs from a container engine, without importing one.
 
-``spawner.imageengine.DockerImageEngine`` implements it on Docker; the service only sees
-this interface and the plain values of ``spawner.imagefacts``, so the web app and the
+``spawner.images.engine.DockerImageEngine`` implements it on Docker; the service only sees
+this interface and the plain values of ``spawner.images.facts``, so the web app and the
 worker never import docker themselves.
 """
 
@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dockyard.settings import Settings
-from spawner.imagefacts import ImageFacts
+from spawner.images.facts import ImageFacts
 
 if TYPE_CHECKING:  # the web app never imports docker
-    from spawner.imageinspect import LeftoverInspection
+    from spawner.images.inspect import LeftoverInspection
 
 
 class ImageEngine(Protocol):
@@ -51,7 +51,7 @@ class ImageEngine(Protocol):
 def image_engine(settings: Settings, *, namespace: str = "", worker: str = "") -> ImageEngine:
     """The engine images are registered on, built on and inspected on; a worker names
     itself and its installation's namespace, which its inspection containers carry."""
-    from spawner.imageengine import DockerImageEngine
+    from spawner.images.engine import DockerImageEngine
 
     return DockerImageEngine(
         inspect_timeout=settings.image_inspect_timeout_seconds, build_ca=settings.build_ca,
@@ -60,6 +60,6 @@ def image_engine(settings: Settings, *, namespace: str = "", worker: str = "") -
 
 
 def image_engine_for_usage() -> ImageEngine:
-    from spawner.imageengine import DockerImageEngine
+    from spawner.images.engine import DockerImageEngine
 
     return DockerImageEngine(timeout=10)

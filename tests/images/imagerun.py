@@ -93,7 +93,7 @@ def pem_fingerprints(bundle: bytes) -> set[str]:
 def build_ca_bundle() -> bytes:
     """The CA bundle image builds were given (DOCKYARD_BUILD_CA, else the host's)."""
     from dockyard.settings import load_settings
-    from spawner.imagebuild import read_build_ca
+    from spawner.images.build import read_build_ca
 
     return read_build_ca(load_settings().build_ca)
 

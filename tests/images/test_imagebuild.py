@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spawner.imagebuild import (
+from spawner.images.build import (
     CA_NAME,
     IMAGES_DIR,
     BuildError,
@@ -22,7 +22,7 @@ from spawner.imagebuild import (
     read_build_ca,
     write_context,
 )
-from spawner.imagefacts import BuildFailed
+from spawner.images.facts import BuildFailed
 from tests.support.requirements import require_image
 
 MAKE_BASE = IMAGES_DIR / "base" / "make-base.sh"

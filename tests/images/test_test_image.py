@@ -20,7 +20,7 @@ def test_builds_with_dockyard_tooling() -> None:
     # The base must exist already (.ci/run makes it); the layers are normally cached, so
     # this checks the build path end to end in seconds.
     require_image("debian:bookworm-slim")
-    from spawner.imagebuild import ImageBuild
+    from spawner.images.build import ImageBuild
 
     build = ImageBuild("test")
     lines = list(build.lines())

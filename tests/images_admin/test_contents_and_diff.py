@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from dockyard.images.diff import diff_contents
-from spawner.imageinspect import SECTION_MARK, parse_report
+from spawner.images.inspect import SECTION_MARK, parse_report
 
 
 def _report(**sections: str) -> str:

@@ -31,7 +31,7 @@ from dockyard.images.curated import (
 from dockyard.migrate import upgrade
 from dockyard.models import CuratedImageSeed, Image, ImageEvent, RunState
 from dockyard.settings import Settings
-from spawner.imageengine import DockerImageEngine
+from spawner.images.engine import DockerImageEngine
 from tests.images_admin.conftest import ADMIN, ALICE, WorkerDriver, patch, register
 from tests.jobs.conftest import (
     UNREACHABLE_URL,
@@ -218,7 +218,7 @@ SEED_PROCESS = """
 import pathlib, sys, time
 from dockyard.db import make_engine, write_sessions
 from dockyard.images.curated import CuratedImage, seed_curated_images
-from spawner.imageengine import DockerImageEngine
+from spawner.images.engine import DockerImageEngine
 url, reference, ready, go = sys.argv[1:5]
 sessions = write_sessions(make_engine(url))
 engine = DockerImageEngine(timeout=60)

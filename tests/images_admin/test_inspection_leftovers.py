@@ -24,7 +24,7 @@ from dockyard.models import Image, ImageStatus, utcnow
 from dockyard.settings import Settings
 from dockyard.worker.images import ImageDuty
 from dockyard.worker.loop import Worker
-from spawner.imageinspect import INSPECT_LABEL, INSPECT_LABEL_VALUE, InspectionOwner
+from spawner.images.inspect import INSPECT_LABEL, INSPECT_LABEL_VALUE, InspectionOwner
 from spawner.jobs.base import LABEL_NAMESPACE
 from tests.images_admin.conftest import ADMIN, register
 

@@ -18,9 +18,9 @@ from docker.errors import APIError, DockerException, ImageNotFound
 from requests.exceptions import RequestException
 
 from spawner.engine import docker_client
-from spawner.imagebuild import BuildError, BuildStream, available_images, build_image
-from spawner.imagefacts import BuildFailed, EngineUnavailable, ImageFacts
-from spawner.imageinspect import (
+from spawner.images.build import BuildError, BuildStream, available_images, build_image
+from spawner.images.facts import BuildFailed, EngineUnavailable, ImageFacts
+from spawner.images.inspect import (
     InspectionFailed,
     InspectionOwner,
     LeftoverInspection,

@@ -34,9 +34,9 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound
 from docker.utils.build import PatternMatcher
 
-from spawner.imagefacts import BuildFailed
+from spawner.images.facts import BuildFailed
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGES_DIR = REPO_ROOT / "images"
 BASE_IMAGE = "debian:bookworm-slim"
 MAKE_BASE = IMAGES_DIR / "base" / "make-base.sh"
