@@ -15,7 +15,7 @@ from dockyard.settings import Settings
 from spawner.environment import LOOPBACK, network_gateway, uses_containers
 
 __all__ = [
-    "LOOPBACK", "container_environment", "container_gateway", "dockyard_url_for_containers",
+    "container_environment", "container_gateway", "dockyard_url_for_containers",
     "dockyard_url_for_processes", "local_data_root", "web_bind_address",
 ]
 

@@ -9,8 +9,8 @@ Dockyard starts with a new home, and kept in ``HOME/installation.json``; a setti
 explicitly (environment or TOML) always wins. A home that already held an installation
 before this file existed keeps the values it always had (nothing renamed, nothing lost).
 
-Only ``dockyard up`` writes the file. ``dockyard/settings.py`` reads it, so every process of the
-installation (hub, web service, worker) sees the same values.
+Only ``dockyard up`` writes the file. The settings (``dockyard/settings/``) read it, so every
+process of the installation (hub, web service, worker) sees the same values.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from dockyard.db import make_engine, make_session_factory
 from dockyard.images import catalog
 from dockyard.images.catalog import default_image, resolve_image, usable_images
 from dockyard.models import Image
-from spawner.notebooks.images import ImageNotAllowed, ImageSource, NotebookImage
+from spawner.notebooks.images import ImageNotOffered, ImageSource, NotebookImage
 
 
 class NotebookImages(ImageSource):
@@ -51,13 +51,13 @@ class NotebookImages(ImageSource):
 
     def resolve(self, reference: str) -> NotebookImage:
         """The image named ``reference`` if a notebook may start from it now, else
-        ImageNotAllowed with a message the user can act on."""
+        ImageNotOffered with a message the user can act on."""
         with _sessions(self.db_url)() as session:
             known = session.scalar(select(Image.id).where(Image.reference == reference))
             if known is None and not usable_images(session, "notebooks"):
                 if reference == self.fallback_image:
                     return self._fallback()
-                raise ImageNotAllowed(
+                raise ImageNotOffered(
                     f"Image '{reference}' is not offered for notebooks; the only image "
                     f"available is '{self.fallback_image}'."
                 )
@@ -65,7 +65,7 @@ class NotebookImages(ImageSource):
             try:
                 row = resolve_image(session, reference, "notebooks")
             except catalog.ImageNotAllowed as exc:
-                raise ImageNotAllowed(str(exc)) from None
+                raise ImageNotOffered(str(exc)) from None
             return _plain(row, default=chosen is not None and chosen.id == row.id)
 
     def _fallback(self) -> NotebookImage:

@@ -42,7 +42,7 @@ class ContextSummary:
 
 
 def images_root() -> Path:
-    """The project's images/ directory (next to hub/ in a checkout or an install)."""
+    """The project's images/ directory (next to dockyard/ in a checkout or an install)."""
     return Path(__file__).resolve().parent.parent.parent / "images"
 
 

@@ -14,8 +14,8 @@ the TOML file)::
 
 This module is the policy half, shared by the web app and the worker: the pools a user may
 choose, an image reference as a pool sees it. The shape of a pool's configuration is
-``dockyard/settings/pools.py``; the worker builds each pool's backend
-(``dockyard/worker/pools.py``).
+``dockyard/settings/job_pools.py``; the worker builds each pool's backend
+(``dockyard/worker/backends.py``).
 """
 
 from __future__ import annotations
@@ -24,9 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dockyard.settings import Settings
-from dockyard.settings.pools import DEFAULT_POOL, IMAGELESS_BACKENDS, JobPoolConfig
-
-__all__ = ["DEFAULT_POOL", "Caller", "JobPoolConfig", "PoolChoice", "PoolPolicy", "image_in_pool"]
+from dockyard.settings.job_pools import DEFAULT_POOL, IMAGELESS_BACKENDS, JobPoolConfig
 
 
 def image_in_pool(config: JobPoolConfig | None, image: str) -> str:

@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session, selectinload
 
 from dockyard.errors import Conflict, Invalid, NotFound
 from dockyard.images.catalog import ImageNotAllowed, default_image, resolve_image, usable_images
-from dockyard.jobs.pools import DEFAULT_POOL
 from dockyard.jobs.schemas import DefinitionIn, FieldProblem, JobLimits, RunIn
 from dockyard.models import FINAL_STATES, JobDefinition, Run, RunEvent, RunState, RunTag
+from dockyard.settings.job_pools import DEFAULT_POOL
 
 DEFAULT_CPU = 1.0
 DEFAULT_MEMORY_MB = 1024

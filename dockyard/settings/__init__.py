@@ -31,7 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from dockyard.installation import read_installation
-from dockyard.settings.pools import JobPoolConfig, parse_pools
+from dockyard.settings.job_pools import JobPoolConfig, parse_pools
 from spawner.notebooks.profiles import NotebookProfile
 
 ENV_PREFIX = "DOCKYARD_"
@@ -209,7 +209,7 @@ class Settings(BaseSettings):
         'JSON or [job_pools.NAME] TOML tables, e.g. {"swarm": {"backend": "swarm"}, '
         '"ecs": {"backend": "ecs", "cluster": "batch", "subnets": ["subnet-1"], '
         '"execution_role_arn": "arn:…", "log_group": "/dockyard/jobs", "users": ["alice"]}}. '
-        "Options per backend: see dockyard/settings/pools.py. AWS credentials come from the "
+        "Options per backend: see dockyard/settings/job_pools.py. AWS credentials come from the "
         "standard AWS chain, never from here.",
     )
     max_concurrent_runs: int = Field(8, ge=1, description="Runs executing at once, all users.")

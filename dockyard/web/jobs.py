@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from dockyard.images.catalog import default_image, usable_images
 from dockyard.images.curated import curated_reference
 from dockyard.jobs import service
-from dockyard.jobs.logs import log_path, read_log
+from dockyard.jobs.run_logs import log_path, read_log
 from dockyard.jobs.schemas import DefinitionIn, FieldProblem, JobLimits, RunIn
 from dockyard.jobs.service import InvalidJob, JobConflict, JobNotFound, RunFilters
 from dockyard.models import FINAL_STATES, MAX_ID, JobDefinition, Run, RunState, utcnow

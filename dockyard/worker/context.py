@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dockyard.models import Run
 from dockyard.settings import Settings
-from dockyard.worker.pools import JobPool, JobPools
+from dockyard.worker.backends import JobPool, JobPools
 
 
 def job_namespace(settings: Settings) -> str:

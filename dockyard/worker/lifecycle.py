@@ -12,13 +12,13 @@ from typing import Any
 from sqlalchemy import update
 
 from dockyard.db import transaction
-from dockyard.jobs.logs import relative_log_location
+from dockyard.jobs.run_logs import relative_log_location
 from dockyard.jobs.service import new_attempt
 from dockyard.jobs.states import ACTIVE_STATES, advance, deadline_of, outcome
 from dockyard.jobs.tokens import hash_token, run_token
 from dockyard.models import Run, RunEvent, RunState, utcnow
 from dockyard.worker.context import WorkerContext
-from dockyard.worker.logs import RunLogs
+from dockyard.worker.log_copy import RunLogs
 from spawner.jobs.base import EngineState, JobSpec, JobStartError, JobStatus, command_argv
 
 log = logging.getLogger(__name__)

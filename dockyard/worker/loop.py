@@ -35,11 +35,11 @@ from dockyard.jobs.tokens import token_key
 from dockyard.logs import log_context
 from dockyard.models import Run, RunState, utcnow
 from dockyard.settings import Settings
+from dockyard.worker.backends import JobPools
 from dockyard.worker.claims import RunClaims
 from dockyard.worker.context import WorkerContext, job_namespace
 from dockyard.worker.lifecycle import RunLifecycle
-from dockyard.worker.logs import RunLogs
-from dockyard.worker.pools import JobPools
+from dockyard.worker.log_copy import RunLogs
 from dockyard.worker.reconcile import Reconciler
 from spawner.jobs.base import JobBackend
 

@@ -16,12 +16,12 @@ from collections.abc import Callable
 from sqlalchemy import or_, select, update
 
 from dockyard.db import transaction
-from dockyard.jobs.logs import log_path
+from dockyard.jobs.run_logs import log_path
 from dockyard.jobs.states import ACTIVE_STATES, advance
 from dockyard.models import Run, RunState, utcnow
+from dockyard.worker.backends import JobPool
 from dockyard.worker.context import WorkerContext
 from dockyard.worker.lifecycle import RunLifecycle
-from dockyard.worker.pools import JobPool
 from spawner.jobs.base import EngineState, JobBackend, JobStatus
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@
 | ecs    | AWS ECS tasks (Fargate or EC2)           | ecs.py      |
 
 ``build_backend`` is the one way a backend is made: the worker's pools
-(``dockyard/worker/pools.py``) name the kind and give the plain values
+(``dockyard/worker/backends.py``) name the kind and give the plain values
 (``BackendConfig``). A backend's module, and the SDK it needs, is imported only when a
 backend of its kind is built.
 """

@@ -1,5 +1,5 @@
 """What a job backend is built from: plain values, filled in by the service from its
-settings (``dockyard/worker/pools.py``), so that no backend reads Dockyard's settings.
+settings (``dockyard/worker/backends.py``), so that no backend reads Dockyard's settings.
 
 Nothing here imports an engine's SDK: the service builds these values before it knows
 whether the backend's module (and its SDK) will be loaded at all.
@@ -14,7 +14,7 @@ from pathlib import Path
 @dataclass(frozen=True)
 class EcsOptions:
     """One ECS pool's cluster, network, roles and logs (see
-    dockyard.settings.pools.JobPoolConfig). The two timings are the backend's common
+    dockyard.settings.job_pools.JobPoolConfig). The two timings are the backend's common
     ones (``BackendConfig``), kept here too because the pure adapters of ecs.py read them."""
 
     cluster: str

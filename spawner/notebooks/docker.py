@@ -48,7 +48,7 @@ from traitlets import (
 )
 
 from spawner.environment import CONTAINER_DATA_ROOT, CONTAINER_GID, CONTAINER_UID
-from spawner.notebooks.images import ImageNotAllowed, ImageSource, NotebookImage
+from spawner.notebooks.images import ImageNotOffered, ImageSource, NotebookImage
 from spawner.notebooks.options import (
     InvalidChoice,
     NotebookChoice,
@@ -231,7 +231,7 @@ class DockyardDockerSpawner(DockerSpawner):
         try:
             image = await asyncio.to_thread(lookup)
             profile = choose_profile(user_options, image, self.notebook_profiles)
-        except (ImageNotAllowed, InvalidChoice) as exc:
+        except (ImageNotOffered, InvalidChoice) as exc:
             raise web.HTTPError(400, str(exc)) from None
         return NotebookChoice(image, profile)
 

@@ -20,7 +20,7 @@ class NotebookImage:
     profiles: tuple[str, ...] = ()
 
 
-class ImageNotAllowed(Exception):
+class ImageNotOffered(Exception):
     """No notebook may start from this image now; the message says why, for the user."""
 
 
@@ -35,5 +35,5 @@ class ImageSource(Protocol):
 
     def resolve(self, reference: str) -> NotebookImage:
         """The image named ``reference`` if a notebook may start from it now, else
-        ``ImageNotAllowed`` with a message the user can act on."""
+        ``ImageNotOffered`` with a message the user can act on."""
         ...

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 from pydantic import ValidationError
 
-from dockyard.jobs.logs import LogFile, complete_utf8_length, read_log
+from dockyard.jobs.run_logs import LogFile, complete_utf8_length, read_log
 from dockyard.jobs.schemas import DefinitionIn, JobLimits, RunIn
 from dockyard.jobs.states import RANK, deadline_of, may_advance, outcome
 from dockyard.jobs.tokens import hash_token, run_id_of, run_token

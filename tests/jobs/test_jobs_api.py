@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 
 from dockyard.db import make_engine, make_session_factory
-from dockyard.jobs.logs import log_path
+from dockyard.jobs.run_logs import log_path
 from dockyard.jobs.tokens import hash_token
 from dockyard.models import Run, RunState, utcnow
 from dockyard.settings import Settings

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from flask.testing import FlaskClient
 
-from dockyard.jobs.logs import log_path
+from dockyard.jobs.run_logs import log_path
 from dockyard.models import RunState, utcnow
 from dockyard.settings import Settings
 from tests.jobs.conftest import SHELL_IMAGE

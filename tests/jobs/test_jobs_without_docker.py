@@ -19,9 +19,9 @@ import requests
 from sqlalchemy import update
 
 from dockyard.db import make_engine, make_session_factory
-from dockyard.jobs.pools import JobPoolConfig
 from dockyard.models import Image, ImageStatus, Run, RunState
 from dockyard.settings import Settings
+from dockyard.settings.job_pools import JobPoolConfig
 from tests.conftest import auth, client_for
 from tests.jobs.conftest import (
     SHELL_IMAGE,

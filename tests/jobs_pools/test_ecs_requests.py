@@ -15,7 +15,7 @@ import pytest
 from botocore.stub import Stubber
 
 from dockyard.settings import Settings
-from dockyard.worker.pools import JobPool, JobPools
+from dockyard.worker.backends import JobPool, JobPools
 from spawner.jobs.base import EngineState, JobSpec, JobStartError
 from spawner.jobs.config import EcsOptions
 from spawner.jobs.ecs import (

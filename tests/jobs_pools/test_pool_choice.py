@@ -234,7 +234,7 @@ def test_the_worker_builds_one_backend_per_pool(settings: Settings,
 
     require_docker()
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-    from dockyard.worker.pools import JobPools
+    from dockyard.worker.backends import JobPools
     from spawner.jobs.docker import DockerJobBackend
     from spawner.jobs.ecs import EcsJobBackend
     from spawner.jobs.local import LocalJobBackend

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dockyard.jobs.pools import DEFAULT_POOL, JobPoolConfig, PoolPolicy, image_in_pool
+from dockyard.jobs.pools import PoolPolicy, image_in_pool
 from dockyard.settings import SettingsError, load_settings
+from dockyard.settings.job_pools import DEFAULT_POOL, JobPoolConfig
 from dockyard.web.auth import User
 
 FARGATE = {"backend": "ecs", "cluster": "batch", "subnets": ["subnet-1"],

@@ -8,7 +8,7 @@ from dockyard.db import make_engine, make_session_factory, transaction
 from dockyard.models import Image, ImageStatus
 from dockyard.settings import Settings
 from hub.notebook_images import NotebookImages
-from spawner.notebooks.images import ImageNotAllowed
+from spawner.notebooks.images import ImageNotOffered
 
 FALLBACK = "dockyard/notebook:latest"
 
@@ -25,7 +25,7 @@ def test_empty_catalog_offers_the_configured_image(migrated: Settings) -> None:
     [offered] = images.offered()
     assert offered.reference == FALLBACK and offered.default
     assert images.resolve(FALLBACK) == offered
-    with pytest.raises(ImageNotAllowed, match=f"the only image available is '{FALLBACK}'"):
+    with pytest.raises(ImageNotOffered, match=f"the only image available is '{FALLBACK}'"):
         images.resolve("debian:bookworm-slim")
 
 
@@ -46,7 +46,7 @@ def test_catalog_images_replace_the_fallback_default_first(migrated: Settings) -
                               ("team/jobs:1", "not enabled for notebooks"),
                               ("team/broken:1", "not enabled"),
                               (FALLBACK, "not in Dockyard's catalog")]:
-        with pytest.raises(ImageNotAllowed, match=reason):
+        with pytest.raises(ImageNotOffered, match=reason):
             images.resolve(reference)
 
 
@@ -56,7 +56,7 @@ def test_a_retired_fallback_image_is_refused_even_with_an_empty_catalog(
     add(migrated, FALLBACK, status=ImageStatus.RETIRED)
     images = NotebookImages(migrated.db_url, FALLBACK)
     assert images.offered() == []
-    with pytest.raises(ImageNotAllowed, match="retired"):
+    with pytest.raises(ImageNotOffered, match="retired"):
         images.resolve(FALLBACK)
 
 

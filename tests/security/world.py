@@ -17,7 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import update
 
-from dockyard.jobs.logs import log_path
+from dockyard.jobs.run_logs import log_path
 from dockyard.models import Image, ImageStatus, Run, RunState, utcnow
 from dockyard.settings import Settings
 from tests.conftest import auth

@@ -9,7 +9,7 @@ from flask import Response, send_file
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dockyard.jobs import service
-from dockyard.jobs.logs import log_path, read_log
+from dockyard.jobs.run_logs import log_path, read_log
 from dockyard.jobs.schemas import Command, DefinitionIn, JobLimits, RunIn
 from dockyard.jobs.service import RunFilters, SortKey
 from dockyard.models import MAX_ID, JobDefinition, Run, RunEvent, RunState

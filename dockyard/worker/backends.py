@@ -19,9 +19,10 @@ from dockyard.containers import (
     dockyard_url_for_processes,
     local_data_root,
 )
-from dockyard.jobs.pools import DEFAULT_POOL, JobPoolConfig, image_in_pool
+from dockyard.jobs.pools import image_in_pool
 from dockyard.runtime import job_backend_name
 from dockyard.settings import Settings
+from dockyard.settings.job_pools import DEFAULT_POOL, JobPoolConfig
 from spawner.environment import CONTAINER_DATA_ROOT, let_containers_write
 from spawner.jobs import build_backend
 from spawner.jobs.base import JobBackend, JobSpec, JobStartError

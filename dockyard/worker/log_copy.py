@@ -8,7 +8,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from dockyard.jobs.logs import LogFile, log_path
+from dockyard.jobs.run_logs import LogFile, log_path
 from dockyard.settings import Settings
 from dockyard.worker.context import WorkerContext
 from spawner.jobs.base import EngineState, JobBackend, JobStatus

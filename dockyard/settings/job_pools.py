@@ -1,7 +1,7 @@
 """How an admin configures job pools (``DOCKYARD_JOB_POOLS``): the shape of one pool's
 options, checked when the settings load. Which pools a user may choose and how an image
 is named in a pool is ``dockyard/jobs/pools.py``; building a pool's backend is the
-worker's (``dockyard/worker/pools.py``)."""
+worker's (``dockyard/worker/backends.py``)."""
 
 from __future__ import annotations
 
