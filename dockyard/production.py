@@ -1,10 +1,10 @@
-"""Dockyard run by docker compose: the hub's view of external services, the secrets file
-(``dockyard init-prod``) and the checks a container makes before it starts.
+"""Dockyard run by docker compose: the secrets file (``dockyard init-prod``) and the checks a
+container makes before it starts.
 
 In ``make up`` the hub starts the web service and the worker itself (managed services).
-In docker compose they are containers of their own: the hub only routes
-``/services/dockyard/`` to the web container and knows its API token (an external service),
-and every container upgrades the database and checks its secrets as it starts.
+In docker compose they are containers of their own (the hub's side of that is
+``hub/hubconfig.py``), and every container upgrades the database and checks its secrets as
+it starts.
 """
 
 from __future__ import annotations
@@ -14,14 +14,10 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.engine import make_url
 
 from dockyard.settings import ENV_PREFIX, Settings, SettingsError
-
-SERVICE_NAME = "dockyard"
-MANAGED_ONLY_SERVICES = (SERVICE_NAME, "dockyard-worker")
 
 # Values people type when a template asks for a secret; refused wherever a secret is read.
 PLACEHOLDERS = frozenset(
@@ -29,54 +25,6 @@ PLACEHOLDERS = frozenset(
      "token", "test", "example", "default", "xxx", "todo"}
 )
 MIN_SECRET_LENGTH = 16
-
-
-# -- the hub's configuration in external mode ------------------------------------------------
-def external_web_service(settings: Settings) -> dict[str, Any]:
-    """The web container as a JupyterHub external service: a URL to route to and a token."""
-    if not settings.web_url:
-        raise SettingsError(
-            f"{ENV_PREFIX}WEB_URL: empty, but {ENV_PREFIX}SERVICES_MODE=external needs the "
-            "web service's address as the hub reaches it (e.g. http://web:10101)"
-        )
-    if settings.service_token is None:
-        raise SettingsError(
-            f"{ENV_PREFIX}SERVICE_TOKEN: empty, but {ENV_PREFIX}SERVICES_MODE=external needs "
-            "the token the web service uses with the hub (run 'dockyard init-prod')"
-        )
-    token = settings.service_token.get_secret_value()
-    refuse_weak_secret(f"{ENV_PREFIX}SERVICE_TOKEN", token)
-    return {
-        "name": SERVICE_NAME,
-        "display": True,
-        "url": settings.web_url.rstrip("/"),
-        "api_token": token,
-        "oauth_no_confirm": True,
-    }
-
-
-def configure_production(c: Any, settings: Settings) -> None:
-    """What ``configure_hub`` adds last: external services, the log format, extra config."""
-    from dockyard.logs import hub_logging_config
-
-    if settings.services_mode == "external":
-        # The web service and worker run in containers of their own: keep the hub-managed
-        # services that remain (the idle culler) and register the web service by URL.
-        kept = [s for s in c.JupyterHub.services if s["name"] not in MANAGED_ONLY_SERVICES]
-        c.JupyterHub.services = [external_web_service(settings), *kept]
-    logging_config = hub_logging_config(settings)
-    if logging_config:
-        c.JupyterHub.logging_config = logging_config
-    if settings.hub_extra_config is not None:
-        path = settings.hub_extra_config
-        if not path.is_file():
-            raise SettingsError(
-                f"{ENV_PREFIX}HUB_EXTRA_CONFIG: no such file '{path}'; mount it into the hub "
-                "container or unset the setting"
-            )
-        # Same contract as jupyterhub_config.py itself: a Python file that sets ``c``.
-        code = compile(path.read_text(), str(path), "exec")
-        exec(code, {"c": c, "__file__": str(path), "__name__": "hub_extra_config"})  # noqa: S102
 
 
 # -- secrets -------------------------------------------------------------------------------

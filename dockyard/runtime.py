@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from dockyard.settings import ENV_PREFIX, Settings, SettingsError
-from spawner.engine import EngineCheck, check_docker, image_present
+from spawner.engine import EngineCheck, EngineProblem, check_docker, engine_problem, image_present
 
 
 @dataclass(frozen=True)
@@ -72,25 +72,22 @@ def job_backend_name(settings: Settings, engine: EngineCheck | None = None) -> s
 def engine_problems_explained(settings: Settings) -> Iterator[None]:
     """Docker engine errors met while starting up become one line naming the setting to
     look at (the engine answered when the runtime was chosen), never a traceback."""
-    import docker.errors
-    from requests.exceptions import RequestException
-
     try:
         yield
-    except (docker.errors.DockerException, RequestException) as exc:
-        raise _engine_problem(exc, settings) from None
+    except Exception as exc:
+        problem = engine_problem(exc)
+        if problem is None:
+            raise
+        raise _explained(problem, settings) from None
 
 
-def _engine_problem(exc: Exception, settings: Settings) -> SettingsError:
-    import docker.errors
-
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, docker.errors.NotFound):
+def _explained(problem: EngineProblem, settings: Settings) -> SettingsError:
+    if problem.kind == "missing":
         return SettingsError(
             f"{ENV_PREFIX}DOCKER_NETWORK: the Docker engine has no network "
-            f"'{settings.docker_network}' ({reason}); create it or choose another"
+            f"'{settings.docker_network}' ({problem.reason}); create it or choose another"
         )
     return SettingsError(
         f"{ENV_PREFIX}SPAWNER: the Docker engine stopped answering during start-up "
-        f"({reason}); start it again, or set {ENV_PREFIX}SPAWNER=local"
+        f"({problem.reason}); start it again, or set {ENV_PREFIX}SPAWNER=local"
     )

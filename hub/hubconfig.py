@@ -12,14 +12,18 @@ from typing import Any
 from urllib.parse import urlencode
 
 from dockyard.containers import web_bind_address
-from dockyard.production import configure_production
+from dockyard.logs import hub_logging_config
+from dockyard.production import refuse_weak_secret
 from dockyard.runtime import RuntimeChoice
-from dockyard.settings import ENV_PREFIX, Settings
+from dockyard.settings import ENV_PREFIX, Settings, SettingsError
 from hub.landing import landing_url
 from hub.spawners import configure_spawner
 from spawner.notebooks.options import LAST_CHOICE_QUERY
 
 SERVICE_NAME = "dockyard"
+WORKER_SERVICE_NAME = "dockyard-worker"
+# In docker compose these run as containers of their own, not as hub-managed services.
+MANAGED_ONLY_SERVICES = (SERVICE_NAME, WORKER_SERVICE_NAME)
 # Variables a hub-managed service needs besides Dockyard's own settings.
 _PASS_THROUGH = (
     "PATH",
@@ -121,7 +125,7 @@ def configure_hub(
             "oauth_no_confirm": True,
         },
         {
-            "name": "dockyard-worker",
+            "name": WORKER_SERVICE_NAME,
             "display": False,
             "command": [*dockyard, "worker"],
             "environment": env,
@@ -163,3 +167,49 @@ def configure_hub(
 
     # -- production: external services (docker compose), log format, extra config --------
     configure_production(c, settings)
+
+
+def external_web_service(settings: Settings) -> dict[str, Any]:
+    """The web container as a JupyterHub external service: a URL to route to and a token."""
+    if not settings.web_url:
+        raise SettingsError(
+            f"{ENV_PREFIX}WEB_URL: empty, but {ENV_PREFIX}SERVICES_MODE=external needs the "
+            "web service's address as the hub reaches it (e.g. http://web:10101)"
+        )
+    if settings.service_token is None:
+        raise SettingsError(
+            f"{ENV_PREFIX}SERVICE_TOKEN: empty, but {ENV_PREFIX}SERVICES_MODE=external needs "
+            "the token the web service uses with the hub (run 'dockyard init-prod')"
+        )
+    token = settings.service_token.get_secret_value()
+    refuse_weak_secret(f"{ENV_PREFIX}SERVICE_TOKEN", token)
+    return {
+        "name": SERVICE_NAME,
+        "display": True,
+        "url": settings.web_url.rstrip("/"),
+        "api_token": token,
+        "oauth_no_confirm": True,
+    }
+
+
+def configure_production(c: Any, settings: Settings) -> None:
+    """What ``configure_hub`` adds last: external services (docker compose), the log
+    format, extra config."""
+    if settings.services_mode == "external":
+        # The web service and worker run in containers of their own: keep the hub-managed
+        # services that remain (the idle culler) and register the web service by URL.
+        kept = [s for s in c.JupyterHub.services if s["name"] not in MANAGED_ONLY_SERVICES]
+        c.JupyterHub.services = [external_web_service(settings), *kept]
+    logging_config = hub_logging_config(settings)
+    if logging_config:
+        c.JupyterHub.logging_config = logging_config
+    if settings.hub_extra_config is not None:
+        path = settings.hub_extra_config
+        if not path.is_file():
+            raise SettingsError(
+                f"{ENV_PREFIX}HUB_EXTRA_CONFIG: no such file '{path}'; mount it into the hub "
+                "container or unset the setting"
+            )
+        # Same contract as jupyterhub_config.py itself: a Python file that sets ``c``.
+        code = compile(path.read_text(), str(path), "exec")
+        exec(code, {"c": c, "__file__": str(path), "__name__": "hub_extra_config"})  # noqa: S102

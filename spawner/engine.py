@@ -1,12 +1,15 @@
-"""Is there a Docker engine to use? Answered once at start-up, with a reason to print."""
+"""Is there a Docker engine to use? Answered once at start-up, with a reason to print; and
+what went wrong when an engine call failed, in terms the service can name a setting for."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 import docker
-from docker.errors import DockerException, ImageNotFound
+from docker.errors import DockerException, ImageNotFound, NotFound
+from requests.exceptions import RequestException
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,23 @@ def image_present(reference: str, timeout: int = 5) -> bool:
         return False
     finally:
         client.close()
+
+
+@dataclass(frozen=True)
+class EngineProblem:
+    """An engine call that failed: ``missing`` (the engine answered that something, e.g. a
+    network, does not exist) or ``unreachable`` (it stopped answering), and its reason."""
+
+    kind: Literal["missing", "unreachable"]
+    reason: str
+
+
+def engine_problem(exc: BaseException) -> EngineProblem | None:
+    """What a failed engine call means, or None when ``exc`` is not the engine's."""
+    if not isinstance(exc, (DockerException, RequestException)):
+        return None
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return EngineProblem("missing" if isinstance(exc, NotFound) else "unreachable", reason)
 
 
 def _short(exc: BaseException) -> str:
