@@ -25,7 +25,8 @@ class DockyardError(Exception):
 
 
 class Invalid(DockyardError):
-    """The input cannot be used as it is (a field, a name, a file)."""
+    """The input cannot be used as it is: a field, a name, a file. ``detail`` is usually
+    the list of fields at fault (a job's schema, a table name, an image reference)."""
 
     error = "Invalid input"
 
@@ -37,7 +38,8 @@ class BadRequest(DockyardError):
 
 
 class NotFound(DockyardError):
-    """No such thing, or it belongs to someone else: the two are never told apart."""
+    """No such thing, or it belongs to someone else: the two are never told apart, so
+    that nobody learns what another user has."""
 
     error = "Not Found"
 
@@ -49,7 +51,8 @@ class Forbidden(DockyardError):
 
 
 class Conflict(DockyardError):
-    """The thing's current state does not allow this (again later, or after a change)."""
+    """The thing's current state does not allow this: a run already finished, a name
+    taken, an image still in use. It may work later, or after another change."""
 
     error = "Conflict"
 
