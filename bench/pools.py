@@ -175,7 +175,7 @@ def ecs_bench(tasks: int) -> None:
         calls: list[str] = []
         backend.ecs.meta.events.register("before-call.ecs.DescribeTasks",
                                          lambda **_: calls.append("describe"))
-        time.sleep(options.poll_seconds + 0.1)  # what the worker's next pass finds
+        time.sleep(backend.poll_seconds + 0.1)  # what the worker's next pass finds
         started = time.monotonic()
         for handle in handles:  # what the worker's pass asks, one run at a time
             backend.status(handle)

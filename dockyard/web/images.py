@@ -22,22 +22,22 @@ from dockyard.images.catalog import (
     offered_images,
     visible_image,
 )
-from dockyard.images.commands import ImageChanges, NewImage, change_image, delete_unused_image
+from dockyard.images.commands import ImageChanges, change_image, delete_unused_image
 from dockyard.images.curated import curated_reference
+from dockyard.images.diff import image_diff
 from dockyard.images.engine import image_engine
 from dockyard.images.sources import describe_source
 from dockyard.images.usage import usage_now
-from dockyard.web.api.images import (
+from dockyard.web.auth import page_login_required, require_admin
+from dockyard.web.context import db, settings, write_sessions_of_app
+from dockyard.web.errors import ApiError, status_of, validation_detail
+from dockyard.web.image_requests import (
     CreateImage,
     acting_admin,
     build_from_request,
     caller,
     create_from_request,
-    diff_of,
 )
-from dockyard.web.auth import page_login_required, require_admin
-from dockyard.web.context import db, settings, write_sessions_of_app
-from dockyard.web.errors import ApiError, status_of, validation_detail
 from dockyard.web.jobs import url_number
 
 bp = Blueprint("images", __name__, url_prefix="/images")
@@ -140,20 +140,13 @@ def create_image_page() -> Any:
     }
     try:
         body = CreateImage.model_validate(values)
-        new = NewImage(
-            reference=body.reference,
-            description=body.description,
-            for_notebooks=body.for_notebooks,
-            for_jobs=body.for_jobs,
-            profiles=tuple(body.profiles),
-        )
         if mode == "upload" and not request.files:
             raise Invalid(
                 [{"field": "dockerfile", "message": "choose a Dockerfile or a context archive"}]
             )
         if mode == "directory" and not body.build_from:
             raise Invalid([{"field": "build_from", "message": "choose an image directory"}])
-        image = create_from_request(new, body.build_from, actor)
+        image = create_from_request(body.new_image(), body.build_from, actor)
     except ValidationError as exc:
         lines = [f"{d['field']}: {d['message']}" for d in validation_detail(exc)]
         return _render_new(lines, 422, mode=mode, **values)
@@ -304,7 +297,7 @@ def diff_page() -> Any:
             errors, status = ["Choose two images to compare."], 422
         else:
             try:
-                diff = diff_of(session, first, second, user)
+                diff = image_diff(session, first, second, admin=user.admin)
             except DockyardError as exc:
                 errors, status = _problem(exc), _status(exc)
     return (

@@ -8,7 +8,7 @@ One loop, a few threads:
   runs within the global and per-user limits (``claims.py``);
 - a small thread pool starts, checks, stops and settles runs (``lifecycle.py``), so one
   slow engine call never holds up the others;
-- one log follower per running job copies its output into ``HOME/logs/runs`` (``logs.py``);
+- one log follower per running job copies its output into ``HOME/logs/runs`` (``log_copy.py``);
 - the backend's event stream (Docker events) wakes the loop when a job ends. Events
   are not trusted alone: every ``SYNC_SECONDS`` all active runs are checked anyway.
 

@@ -14,8 +14,8 @@ from pathlib import Path
 @dataclass(frozen=True)
 class EcsOptions:
     """One ECS pool's cluster, network, roles and logs (see
-    dockyard.settings.job_pools.JobPoolConfig). The two timings are the backend's common
-    ones (``BackendConfig``), kept here too because the pure adapters of ecs.py read them."""
+    dockyard.settings.job_pools.JobPoolConfig). Not its timings: those are every
+    backend's (``BackendConfig``), given to ``EcsJobBackend`` itself."""
 
     cluster: str
     launch_type: str = "FARGATE"
@@ -30,8 +30,6 @@ class EcsOptions:
     log_stream_prefix: str = "dockyard"
     region: str = ""
     run_as_user: str = "1000:1000"
-    stop_grace_seconds: int = 10
-    poll_seconds: float = 2.0
 
     @property
     def on_fargate(self) -> bool:

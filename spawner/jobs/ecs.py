@@ -31,7 +31,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import replace
 from datetime import datetime
 from typing import Any, Self
 
@@ -107,7 +106,8 @@ def task_tags(spec: JobSpec, namespace: str) -> list[dict[str, str]]:
 
 
 def task_definition_request(image: str, cpu: float, memory_mb: int, gpu: int,
-                            options: EcsOptions) -> dict[str, Any]:
+                            options: EcsOptions, *,
+                            stop_grace_seconds: int = 10) -> dict[str, Any]:
     """``register_task_definition`` arguments (without family and tags) for one image
     and size; the run's command and environment come later, as overrides."""
     if gpu and options.on_fargate:
@@ -119,7 +119,7 @@ def task_definition_request(image: str, cpu: float, memory_mb: int, gpu: int,
         "memory": memory_mb,  # the hard limit, as for a Docker job
         "user": options.run_as_user,
         "linuxParameters": {"initProcessEnabled": True, "capabilities": {"drop": ["ALL"]}},
-        "stopTimeout": max(2, min(options.stop_grace_seconds, 120)),
+        "stopTimeout": max(2, min(stop_grace_seconds, 120)),
         "logConfiguration": {"logDriver": "awslogs", "options": {
             "awslogs-group": options.log_group,
             "awslogs-stream-prefix": options.log_stream_prefix,
@@ -293,12 +293,15 @@ class EcsJobBackend(JobBackend):
     has_events = True
 
     def __init__(self, namespace: str, dockyard_url: str, options: EcsOptions, *,
+                 stop_grace_seconds: int = 10, poll_seconds: float = 2.0,
                  ecs: Any = None, logs: Any = None,
                  sleep: Callable[[float], None] = time.sleep,
                  throttle_attempts: int = 5, log_poll_seconds: float = 2.0,
                  log_settle_seconds: float = 2.0, stop_wait_seconds: float = 90.0) -> None:
         super().__init__(namespace, dockyard_url)
         self.options = options
+        self.stop_grace_seconds = stop_grace_seconds
+        self.poll_seconds = poll_seconds
         if ecs is None or logs is None:
             # Credentials and endpoint come from the standard chain (AWS_PROFILE,
             # AWS_ACCESS_KEY_ID, instance/task roles, AWS_ENDPOINT_URL …), never from Dockyard.
@@ -326,11 +329,10 @@ class EcsJobBackend(JobBackend):
     def from_config(cls, namespace: str, config: BackendConfig) -> Self:
         if config.ecs is None:
             raise ValueError("an ecs pool needs its options (cluster, log group …)")
-        # The timings are every backend's; EcsOptions carries them for the pure adapters.
-        options = replace(config.ecs, stop_grace_seconds=config.stop_grace_seconds,
-                          poll_seconds=config.poll_seconds)
         try:
-            return cls(namespace, config.dockyard_url, options)
+            return cls(namespace, config.dockyard_url, config.ecs,
+                       stop_grace_seconds=config.stop_grace_seconds,
+                       poll_seconds=config.poll_seconds)
         except NoRegionError:
             raise ValueError("an ecs pool needs a region: set its 'region' or AWS_REGION") \
                 from None
@@ -387,7 +389,7 @@ class EcsJobBackend(JobBackend):
         with self._refresh_lock:
             with self._lock:
                 fetched = self._fetched.get(handle)
-                if fetched is not None and time.monotonic() - fetched < self.options.poll_seconds:
+                if fetched is not None and time.monotonic() - fetched < self.poll_seconds:
                     return
                 handles = sorted(set(self._handles) | {handle})
             for _arn, (status, _task) in self._describe(handles).items():
@@ -395,7 +397,8 @@ class EcsJobBackend(JobBackend):
 
     def _task_definition(self, spec: JobSpec) -> str:
         request = task_definition_request(spec.image, spec.cpu, spec.memory_mb, spec.gpu,
-                                          self.options)
+                                          self.options,
+                                          stop_grace_seconds=self.stop_grace_seconds)
         family, digest = task_definition_family(self.namespace, request)
         with self._lock:
             known = self._task_definitions.get(digest)
@@ -524,7 +527,7 @@ class EcsJobBackend(JobBackend):
         deadline = now + grace_seconds + self.stop_wait_seconds
         status = self.status(handle)
         while not status.ended and time.monotonic() < deadline:
-            self._sleep(self.options.poll_seconds)
+            self._sleep(self.poll_seconds)
             status = self.status(handle)
         return status
 
@@ -534,7 +537,7 @@ class EcsJobBackend(JobBackend):
             last = self._tasks.get(handle)
         if last is not None and not last.ended:
             try:
-                self.stop(handle, self.options.stop_grace_seconds)
+                self.stop(handle, self.stop_grace_seconds)
             except (ClientError, EcsThrottled) as exc:
                 log.warning("Could not stop ECS task %s: %s", handle, exc)
                 return
@@ -582,5 +585,5 @@ class EcsJobBackend(JobBackend):
         return jobs
 
     def watch(self, notify: Callable[[int], None], stop: threading.Event) -> None:
-        watch_by_polling(self._followed_jobs, notify, stop, interval=self.options.poll_seconds,
+        watch_by_polling(self._followed_jobs, notify, stop, interval=self.poll_seconds,
                          what=f"ECS cluster {self.options.cluster}")

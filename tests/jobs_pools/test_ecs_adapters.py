@@ -78,8 +78,8 @@ def test_task_definition_for_fargate() -> None:
 
 def test_task_definition_for_ec2_keeps_the_docker_hardening() -> None:
     options = EcsOptions(cluster="gpu", launch_type="EC2", log_group="/jobs", region="eu-west-1",
-                         task_role_arn="arn:aws:iam::1:role/job", stop_grace_seconds=300)
-    request = task_definition_request("img:1", 0.5, 512, 1, options)
+                         task_role_arn="arn:aws:iam::1:role/job")
+    request = task_definition_request("img:1", 0.5, 512, 1, options, stop_grace_seconds=300)
     container = request["containerDefinitions"][0]
     assert request["networkMode"] == "bridge" and request["requiresCompatibilities"] == ["EC2"]
     assert "cpu" not in request and "memory" not in request

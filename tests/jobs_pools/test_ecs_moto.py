@@ -37,14 +37,15 @@ from tests.jobs_pools.conftest import REGION, EcsCluster, set_task_transition
 
 def options(cluster: EcsCluster, **changes: Any) -> EcsOptions:
     values: dict[str, Any] = dict(cluster=cluster.name, launch_type="EC2",
-                                  log_group=cluster.log_group, region=REGION, poll_seconds=0.2)
+                                  log_group=cluster.log_group, region=REGION)
     values.update(changes)
     return EcsOptions(**values)
 
 
 def backend(cluster: EcsCluster, namespace: str = "jpmoto") -> EcsJobBackend:
     return EcsJobBackend(namespace, "http://dockyard.example/services/dockyard/",
-                         options(cluster), log_poll_seconds=0.1, log_settle_seconds=0.1)
+                         options(cluster), poll_seconds=0.2, log_poll_seconds=0.1,
+                         log_settle_seconds=0.1)
 
 
 def spec(run_id: int, **changes: Any) -> JobSpec:
@@ -85,7 +86,8 @@ def test_task_definitions_are_registered_once(ecs_cluster: EcsCluster) -> None:
     jobs = backend(ecs_cluster, namespace=unique_namespace("jp"))
     jobs.start(spec(21))
     jobs.start(spec(22))
-    restarted = EcsJobBackend(jobs.namespace, jobs.dockyard_url, options(ecs_cluster))
+    restarted = EcsJobBackend(jobs.namespace, jobs.dockyard_url, options(ecs_cluster),
+                              poll_seconds=0.2)
     restarted.start(spec(23))
 
     def ours() -> list[str]:
@@ -322,7 +324,7 @@ def test_botocore_retries_throttled_calls_with_backoff(ecs_cluster: EcsCluster,
         jobs._sleep = waits.append
         handle = jobs.start(spec(51)).handle
         assert handle
-        jobs.options = options(ecs_cluster, poll_seconds=0.0)
+        jobs.poll_seconds = 0.0
         started = time.monotonic()
         assert jobs.status(handle).state == EngineState.RUNNING
         # Two throttled answers and the third call through, all inside botocore, which

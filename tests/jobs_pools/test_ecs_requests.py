@@ -225,9 +225,8 @@ def test_ecs_refusing_the_task_is_a_start_error(pool: JobPool, stub: Stubbed) ->
 
 def test_status_is_one_describe_per_hundred_tasks(settings: Settings,
                                                  fake_credentials: None) -> None:
-    options = EcsOptions(cluster="batch", subnets=("s",), log_group="/jobs", region="eu-west-1",
-                         poll_seconds=0.2)
-    backend = EcsJobBackend(NS, "http://dockyard/", options)
+    options = EcsOptions(cluster="batch", subnets=("s",), log_group="/jobs", region="eu-west-1")
+    backend = EcsJobBackend(NS, "http://dockyard/", options, poll_seconds=0.2)
     stub = Stubbed(backend)
     arns = [arn(n) for n in range(250)]
     stub.ecs.add_response("list_tasks", {"taskArns": arns[:100], "nextToken": "p2"},
@@ -326,7 +325,7 @@ def test_throttling_that_does_not_end_keeps_the_last_answer(pool: JobPool,
     stub.ecs.add_response("describe_tasks", {"tasks": [
         {**task(5, "RUNNING"), "startedAt": datetime.now(UTC)}], "failures": []})
     assert backend.status(arn(5)).state == EngineState.RUNNING
-    backend.options = EcsOptions(**{**backend.options.__dict__, "poll_seconds": 0.0})
+    backend.poll_seconds = 0.0
     for _ in range(backend.throttle_attempts):
         stub.ecs.add_client_error("describe_tasks", service_error_code="ThrottlingException",
                                   http_status_code=400)

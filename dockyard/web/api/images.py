@@ -13,7 +13,6 @@ from typing import Any, Literal
 
 from flask import request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
-from sqlalchemy.orm import Session
 
 from dockyard.images.catalog import (
     all_images,
@@ -25,22 +24,21 @@ from dockyard.images.catalog import (
     versions_of,
     visible_image,
 )
-from dockyard.images.commands import (
-    ImageChanges,
-    NewImage,
-    add_image,
-    build_image_again,
-    change_image,
-    delete_unused_image,
-)
+from dockyard.images.commands import ImageChanges, NewImage, change_image, delete_unused_image
 from dockyard.images.diff import image_diff
-from dockyard.images.sources import describe_source, store_upload
+from dockyard.images.sources import describe_source
 from dockyard.images.usage import ImageUsage, usage_now
 from dockyard.models import MAX_ID, Image, ImageEvent
 from dockyard.web.api import registry, route
-from dockyard.web.auth import User, current_user, require_admin
 from dockyard.web.context import db, settings, write_sessions_of_app
 from dockyard.web.errors import ApiError
+from dockyard.web.image_requests import (
+    CreateImage,
+    acting_admin,
+    build_from_request,
+    caller,
+    create_from_request,
+)
 
 TAG = "images"
 
@@ -103,27 +101,6 @@ class ImageListQuery(BaseModel):
 
     use: Literal["notebooks", "jobs"] | None = Field(
         None, description="Only images enabled for this use."
-    )
-
-
-class CreateImage(BaseModel):
-    """Register an image the engine has, or (with ``build_from``) build one."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    reference: str = Field(max_length=255, description="e.g. team/spark:2024.06")
-    description: str = Field("", max_length=2000)
-    for_notebooks: StrictBool = False
-    for_jobs: StrictBool = False
-    profiles: list[str] = Field(
-        default_factory=list, description="Notebook profiles allowed with it; empty: all."
-    )
-    build_from: str | None = Field(
-        None,
-        description="Build from this image directory (images/NAME) instead of registering "
-        "an image the engine already has. To build from an uploaded Dockerfile and "
-        "context, send multipart/form-data with these fields plus files 'dockerfile' "
-        "and/or 'context' (tar, tar.gz).",
     )
 
 
@@ -191,17 +168,7 @@ class ImageDiffOut(BaseModel):
     r_packages: PackageChanges
 
 
-# -- helpers shared with the pages -----------------------------------------------------
-
-
-def acting_admin() -> str:
-    return require_admin().name
-
-
-def caller() -> User:
-    user = current_user()
-    assert user is not None
-    return user
+# -- answers ----------------------------------------------------------------------------
 
 
 def image_out(
@@ -250,52 +217,6 @@ def image_out(
     )
 
 
-def upload_from_request() -> str | None:
-    """The request's uploaded Dockerfile/context, checked and stored for the worker (its
-    build source); None when the request carries no files."""
-    if not request.files:
-        return None
-    cap = settings().image_upload_max_mb * 1024 * 1024
-    if request.content_length and request.content_length > cap:
-        raise ApiError(
-            413,
-            "Upload too large",
-            f"Build uploads are limited to {settings().image_upload_max_mb} MB "
-            "(DOCKYARD_IMAGE_UPLOAD_MAX_MB).",
-        )
-    dockerfile = request.files.get("dockerfile")
-    context = request.files.get("context")
-    dockerfile = dockerfile if dockerfile is not None and dockerfile.filename else None
-    context = context if context is not None and context.filename else None
-    if dockerfile is None and context is None:
-        return None
-    return store_upload(
-        settings(),
-        dockerfile=dockerfile.stream if dockerfile else None,
-        archive=context.stream if context else None,
-        max_bytes=cap,
-    )
-
-
-def create_from_request(new: NewImage, build_from: str | None, actor: str) -> Image:
-    """Register, or build from a directory or an upload, as the request asks."""
-    return add_image(
-        write_sessions_of_app(), settings(), new, build_from=build_from,
-        upload=upload_from_request(), actor=actor,
-    )
-
-
-def build_from_request(image_id: int, directory: str | None, actor: str) -> Image:
-    return build_image_again(
-        write_sessions_of_app(), settings(), image_id, directory=directory,
-        upload=upload_from_request(), actor=actor,
-    )
-
-
-def diff_of(session: Session, from_id: int, to_id: int, user: User) -> ImageDiffOut:
-    return ImageDiffOut(**image_diff(session, from_id, to_id, admin=user.admin))
-
-
 def _form_or_json_create() -> tuple[NewImage, str | None]:
     if request.is_json:
         payload = request.get_json(silent=True)
@@ -320,14 +241,7 @@ def _form_or_json_create() -> tuple[NewImage, str | None]:
             "Expected JSON or a form",
             "Send JSON, or multipart/form-data to upload a Dockerfile and context.",
         )
-    new = NewImage(
-        reference=body.reference,
-        description=body.description,
-        for_notebooks=body.for_notebooks,
-        for_jobs=body.for_jobs,
-        profiles=tuple(body.profiles),
-    )
-    return new, body.build_from
+    return body.new_image(), body.build_from
 
 
 # -- routes ----------------------------------------------------------------------------
@@ -376,7 +290,7 @@ registry.operations[-1].body = CreateImage
        responses={404: "No such image in the catalog (or not offered to you)"})
 def diff_images(query: DiffQuery) -> ImageDiffOut:
     """What changed between two images: versions, kernels, pip and R packages."""
-    return diff_of(db(), query.from_, query.to, caller())
+    return ImageDiffOut(**image_diff(db(), query.from_, query.to, admin=caller().admin))
 
 
 @route("/images/<int:image_id>", tag=TAG, response=ImageOut)
