@@ -53,8 +53,9 @@ def image_present(reference: str, timeout: int = 5) -> bool:
 
 @dataclass(frozen=True)
 class EngineProblem:
-    """An engine call that failed: ``missing`` (the engine answered that something, e.g. a
-    network, does not exist) or ``unreachable`` (it stopped answering), and its reason."""
+    """An engine call that failed: ``missing`` (the engine answered that something does not
+    exist; at start-up the only thing looked up is the network) or ``unreachable`` (it
+    stopped answering), and its reason."""
 
     kind: Literal["missing", "unreachable"]
     reason: str

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import click
 
-from dockyard.cli.main import main, settings_for_command
+from dockyard.cli.root import main, settings_for_command
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks", "": "hours"}

@@ -8,7 +8,7 @@ from collections import deque
 
 import click
 
-from dockyard.cli.main import main
+from dockyard.cli.root import main
 from dockyard.settings import load_settings
 
 # Lines worth showing without --verbose: the builder's steps and what Dockyard's own build

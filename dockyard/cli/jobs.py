@@ -14,7 +14,7 @@ from typing import Any
 import click
 import requests
 
-from dockyard.cli.main import main
+from dockyard.cli.root import main
 
 FINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from dockyard.cli.main import main, settings_for_command
+from dockyard.cli.root import main, settings_for_command
 from dockyard.settings import ENV_PREFIX, SettingsError
 
 HUB_CONFIG = Path(__file__).resolve().parent.parent.parent / "config" / "jupyterhub_config.py"

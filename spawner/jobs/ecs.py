@@ -107,7 +107,8 @@ def task_tags(spec: JobSpec, namespace: str) -> list[dict[str, str]]:
 
 def task_definition_request(image: str, cpu: float, memory_mb: int, gpu: int,
                             options: EcsOptions, *,
-                            stop_grace_seconds: int = 10) -> dict[str, Any]:
+                            stop_grace_seconds: int = BackendConfig.stop_grace_seconds,
+                            ) -> dict[str, Any]:
     """``register_task_definition`` arguments (without family and tags) for one image
     and size; the run's command and environment come later, as overrides."""
     if gpu and options.on_fargate:
@@ -293,7 +294,8 @@ class EcsJobBackend(JobBackend):
     has_events = True
 
     def __init__(self, namespace: str, dockyard_url: str, options: EcsOptions, *,
-                 stop_grace_seconds: int = 10, poll_seconds: float = 2.0,
+                 stop_grace_seconds: int = BackendConfig.stop_grace_seconds,
+                 poll_seconds: float = BackendConfig.poll_seconds,
                  ecs: Any = None, logs: Any = None,
                  sleep: Callable[[float], None] = time.sleep,
                  throttle_attempts: int = 5, log_poll_seconds: float = 2.0,
