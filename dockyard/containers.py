@@ -11,12 +11,19 @@ can reach; nothing listens on 0.0.0.0.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Protocol
+
+from dockyard.errors import Unavailable
+from dockyard.jobs.notebooks import HomeFileMissing
 from dockyard.settings import Settings
+from spawner.engine import check_docker, engine_problem, image_present
 from spawner.environment import LOOPBACK, network_gateway, uses_containers
+from spawner.notebooks.homes import DirectoryHomes, VolumeHomes
 
 __all__ = [
     "container_environment", "container_gateway", "dockyard_url_for_containers",
-    "dockyard_url_for_processes", "local_data_root", "web_bind_address",
+    "NotebookHomes", "dockyard_url_for_processes", "local_data_root", "web_bind_address",
 ]
 
 
@@ -80,3 +87,41 @@ def container_environment(settings: Settings, dockyard_url: str, *,
     if settings.ray_address:
         env["RAY_ADDRESS"] = settings.ray_address
     return env
+
+
+class _HomeReader(Protocol):
+    def read(self, username: str, relative_path: str, max_bytes: int) -> bytes: ...
+
+
+class NotebookHomes:
+    """Users' homes as notebook servers see them (``dockyard.jobs.notebooks.HomeFiles``):
+    Docker volumes when notebooks run in containers, directories when they are local
+    processes. With DOCKYARD_SPAWNER=auto the engine is asked on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._reader: _HomeReader | None = None
+
+    def _chosen(self) -> _HomeReader:
+        if self._reader is None:
+            settings = self._settings
+            spawner = settings.spawner
+            if spawner == "auto":
+                containers = check_docker().available and image_present(settings.notebook_image)
+                spawner = "docker" if containers else "local"
+            if spawner in ("docker", "swarm"):
+                self._reader = VolumeHomes(settings.docker_name_prefix, settings.notebook_image)
+            else:
+                self._reader = DirectoryHomes(Path(settings.home) / "users")
+        return self._reader
+
+    def read(self, owner: str, path: str, max_bytes: int) -> bytes:
+        try:
+            return self._chosen().read(owner, path, max_bytes)
+        except FileNotFoundError as exc:
+            raise HomeFileMissing(str(exc)) from None
+        except Exception as exc:
+            problem = engine_problem(exc)
+            if problem is None:
+                raise
+            raise Unavailable(f"could not read your home: {problem.reason}") from exc

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from dockyard.errors import Invalid
 from dockyard.jobs.pools import PoolPolicy
 from dockyard.models import MAX_ID
 from dockyard.settings import Settings
@@ -136,11 +137,26 @@ class DefinitionIn(JobFieldsIn):
     command: Command = Field(...)
 
 
+class NotebookIn(BaseModel):
+    """A notebook in the owner's home, to run as a notebook job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(..., min_length=1, max_length=1024,
+                      description="Relative to your home (e.g. work/etl.ipynb).")
+
+
 class RunIn(JobFieldsIn):
     """A run: from a definition (the other fields override it) or ad hoc."""
 
     definition_id: int | None = Field(None, ge=1, le=MAX_ID,
                                       description="Copy this definition's fields.")
+    notebook: NotebookIn | None = Field(
+        None, description="Run a notebook from your home instead of a command (or upload "
+        "one: send the request as multipart/form-data with a file part 'notebook').")
+    parameters: dict[str, str | int | float | bool | None] | None = Field(
+        None, description="A notebook run's parameters, injected by papermill into its "
+        "cell tagged 'parameters' (or a new first cell).")
 
 
 @dataclass(frozen=True)
@@ -150,6 +166,16 @@ class FieldProblem:
 
     def as_dict(self) -> dict[str, str]:
         return {"field": self.field, "message": self.message}
+
+
+class InvalidJob(Invalid):
+    """Field-level problems with a definition or run request."""
+
+    def __init__(self, problems: list[FieldProblem]) -> None:
+        super().__init__([p.as_dict() for p in problems])
+        # Pages show it in one line (a flash message).
+        self.args = ("; ".join(f"{p.field}: {p.message}" for p in problems),)
+        self.problems = problems
 
 
 @dataclass(frozen=True)
@@ -165,6 +191,8 @@ class JobLimits:
     max_env_vars: int
     max_env_bytes: int
     page_size_max: int
+    #: Largest notebook a notebook run may be submitted with.
+    max_notebook_bytes: int = 20 * 1024 * 1024
     #: Which job pools exist and who may use them.
     pools: PoolPolicy = field(default_factory=PoolPolicy)
 
@@ -176,6 +204,7 @@ class JobLimits:
             max_retries=settings.job_max_retries, max_command_bytes=settings.job_max_command_bytes,
             max_env_vars=settings.job_max_env_vars, max_env_bytes=settings.job_max_env_bytes,
             page_size_max=settings.api_page_size_max,
+            max_notebook_bytes=settings.notebook_job_max_mb * 1024 * 1024,
             pools=PoolPolicy.from_settings(settings),
         )
 

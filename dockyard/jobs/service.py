@@ -18,16 +18,29 @@ from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from dockyard.errors import Conflict, Invalid, NotFound
+from dockyard.errors import Conflict, NotFound
 from dockyard.images.catalog import ImageNotAllowed, default_image, resolve_image, usable_images
-from dockyard.jobs.schemas import DefinitionIn, FieldProblem, JobLimits, RunIn
-from dockyard.models import FINAL_STATES, JobDefinition, Run, RunEvent, RunState, RunTag
+from dockyard.jobs import notebooks
+from dockyard.jobs.artifacts import ArtifactStore
+from dockyard.jobs.notebooks import HomeFileMissing, HomeFiles, NotebookFile
+from dockyard.jobs.schemas import DefinitionIn, FieldProblem, InvalidJob, JobLimits, RunIn
+from dockyard.models import (
+    FINAL_STATES,
+    JobDefinition,
+    Run,
+    RunEvent,
+    RunKind,
+    RunState,
+    RunTag,
+)
 from dockyard.settings.job_pools import DEFAULT_POOL
 
 DEFAULT_CPU = 1.0
 DEFAULT_MEMORY_MB = 1024
 RUN_FIELDS = ("image", "command", "cpu", "memory_mb", "gpu", "env", "timeout_seconds",
               "max_retries", "pool")
+#: What a retry copies besides RUN_FIELDS: a notebook run's retry runs the same snapshot.
+ATTEMPT_FIELDS = (*RUN_FIELDS, "kind", "notebook")
 
 
 class Caller(Protocol):
@@ -58,16 +71,6 @@ class JobConflict(Conflict):
         self.problems = problems or []
         super().__init__([p.as_dict() for p in self.problems] if self.problems else message)
         self.args = (message,)
-
-
-class InvalidJob(Invalid):
-    """Field-level problems with a definition or run request."""
-
-    def __init__(self, problems: list[FieldProblem]) -> None:
-        super().__init__([p.as_dict() for p in problems])
-        # Pages show it in one line (a flash message).
-        self.args = ("; ".join(f"{p.field}: {p.message}" for p in problems),)
-        self.problems = problems
 
 
 def _problem(field_name: str, message: str) -> InvalidJob:
@@ -194,8 +197,14 @@ def get_run(session: Session, caller: Caller, run_id: int) -> Run:
     return run
 
 
-def create_run(session: Session, caller: Caller, body: RunIn, limits: JobLimits) -> Run:
-    """Queue a run: the definition's fields (if any), overridden by what the request gives."""
+def create_run(session: Session, caller: Caller, body: RunIn, limits: JobLimits, *,
+               notebook_file: NotebookFile | None = None,
+               artifacts: ArtifactStore | None = None,
+               homes: HomeFiles | None = None) -> Run:
+    """Queue a run: the definition's fields (if any), overridden by what the request gives.
+
+    A notebook run comes with ``notebook_file`` (an upload) or ``body.notebook`` (a path in
+    the caller's home, read through ``homes``); its snapshot goes to ``artifacts``."""
     problems: list[FieldProblem] = []
     values: dict[str, Any] = {"cpu": min(DEFAULT_CPU, limits.max_cpu),
                               "memory_mb": min(DEFAULT_MEMORY_MB, limits.max_memory_mb),
@@ -211,11 +220,19 @@ def create_run(session: Session, caller: Caller, body: RunIn, limits: JobLimits)
                                          f"you have no job definition #{body.definition_id}"))
         else:
             values.update({key: getattr(definition, key) for key in (*RUN_FIELDS, "tags")})
-    given = body.model_dump(exclude={"definition_id"}, exclude_none=True)
+    given = body.model_dump(exclude={"definition_id", "notebook", "parameters"},
+                            exclude_none=True)
     if definition is not None and "env" in given:
         given["env"] = {**definition.env, **given["env"]}
     values.update(given)
     problems += _fill_in_image(session, values, limits, "choose an image (or a definition)")
+    notebook: _NotebookRun | None = None
+    if notebook_file is not None or body.notebook is not None:
+        notebook = _notebook_run(session, caller, body, values, limits, problems,
+                                 notebook_file, homes)
+    elif body.parameters is not None:
+        problems.append(FieldProblem("parameters", "parameters are for notebook runs; send "
+                                     "a notebook with them"))
     if not values["command"]:
         problems.append(FieldProblem("command", "give a command (or a definition)"))
     problems += limits.check(values)
@@ -227,12 +244,82 @@ def create_run(session: Session, caller: Caller, body: RunIn, limits: JobLimits)
         owner=caller.name, definition_id=definition.id if definition else None,
         **{key: values[key] for key in RUN_FIELDS}, attempt=1, status=RunState.QUEUED,
     )
+    if notebook is not None:
+        if artifacts is None:
+            raise ValueError("a notebook run needs the artifact store for its snapshot")
+        # The snapshot is written before the run exists: a run never points at nothing.
+        run.kind = RunKind.NOTEBOOK
+        run.notebook = {**notebook.record, "sha256": artifacts.save_snapshot(notebook.content)}
     run.tags = [RunTag(tag=tag) for tag in values["tags"]]
     run.events = [RunEvent(from_status=None, to_status=RunState.QUEUED.value, actor=caller.name,
                            reason=reason)]
     session.add(run)
     session.commit()
     return run
+
+
+@dataclass(frozen=True)
+class _NotebookRun:
+    content: bytes
+    #: The run's ``notebook`` column, but for the snapshot's sha256.
+    record: dict[str, Any]
+
+
+def _notebook_run(session: Session, caller: Caller, body: RunIn, values: dict[str, Any],
+                  limits: JobLimits, problems: list[FieldProblem],
+                  upload: NotebookFile | None, homes: HomeFiles | None) -> _NotebookRun | None:
+    """Check a notebook run's notebook, parameters and image; make its command Dockyard's.
+    Problems are added to ``problems``; None when the notebook could not be read."""
+    if "command" in body.model_fields_set and body.command is not None:
+        problems.append(FieldProblem("command", "a notebook run's command is Dockyard's own "
+                                     "(papermill runs the notebook); leave the command out"))
+    values["command"] = list(notebooks.NOTEBOOK_COMMAND)
+    parameters = body.parameters or {}
+    problems += notebooks.check_parameters(parameters)
+    source = upload
+    if upload is not None and body.notebook is not None:
+        problems.append(FieldProblem("notebook", "send a notebook file or a path in your "
+                                     "home, not both"))
+        return None
+    if source is None:
+        assert body.notebook is not None
+        source = _home_notebook(caller, body.notebook.path, limits, problems, homes)
+        if source is None:
+            return None
+    facts, found = notebooks.read_notebook(source.content, limits.max_notebook_bytes)
+    problems += found
+    if facts is None:
+        return None
+    if values["image"]:
+        image = resolve_image(session, values["image"], "jobs") if not any(
+            p.field == "image" for p in problems) else None
+        if image is not None:
+            problems += notebooks.check_image_runs(image.contents, image.reference, facts.kernel)
+    elif not any(p.field == "image" for p in problems):
+        problems += notebooks.check_local_runs(facts.kernel)
+    record = {"name": notebooks.safe_name(source.name), "source": source.source,
+              "path": source.path, "parameters": parameters, "kernel": facts.kernel,
+              "language": facts.language}
+    return _NotebookRun(source.content, record)
+
+
+def _home_notebook(caller: Caller, path: str, limits: JobLimits, problems: list[FieldProblem],
+                   homes: HomeFiles | None) -> NotebookFile | None:
+    relative = notebooks.home_path(path)
+    if relative is None:
+        problems.append(FieldProblem("notebook.path", f"'{path[:200]}' is outside your home; "
+                                     "give a path relative to it, e.g. work/etl.ipynb"))
+        return None
+    if homes is None:
+        problems.append(FieldProblem("notebook.path", "this installation cannot read homes; "
+                                     "upload the notebook instead"))
+        return None
+    try:
+        content = homes.read(caller.name, relative, limits.max_notebook_bytes + 1)
+    except HomeFileMissing as exc:
+        problems.append(FieldProblem("notebook.path", str(exc)))
+        return None
+    return NotebookFile(name=relative, content=content, source="home", path=relative)
 
 
 def request_cancel(session: Session, caller: Caller, run_id: int) -> Run:
@@ -288,7 +375,7 @@ def new_attempt(session: Session, run: Run, *, actor: str, reason: str) -> Run:
     tags = list(session.scalars(select(RunTag.tag).where(RunTag.run_id == run.id)))
     attempt = Run(
         owner=run.owner, definition_id=run.definition_id,
-        **{key: getattr(run, key) for key in RUN_FIELDS},
+        **{key: getattr(run, key) for key in ATTEMPT_FIELDS},
         attempt=last + 1, retry_of_id=first, status=RunState.QUEUED,
     )
     attempt.tags = [RunTag(tag=tag) for tag in tags]
@@ -324,6 +411,7 @@ class RunFilters:
     owner: str | None = None
     image: str | None = None
     tag: str | None = None
+    kind: RunKind | None = None
     definition_id: int | None = None
     since: datetime | None = None
     until: datetime | None = None
@@ -380,6 +468,8 @@ def list_runs(session: Session, caller: Caller, filters: RunFilters) -> RunPage:
         query = query.where(Run.status.in_(filters.status))
     if filters.image:
         query = query.where(Run.image == filters.image)
+    if filters.kind:
+        query = query.where(Run.kind == filters.kind)
     if filters.definition_id is not None:
         query = query.where(Run.definition_id == filters.definition_id)
     if filters.tag:

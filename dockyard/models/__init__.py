@@ -12,7 +12,15 @@ from dockyard.models.catalog import (
     PointerHistory,
 )
 from dockyard.models.images import CuratedImageSeed, Image, ImageEvent, ImageStatus
-from dockyard.models.jobs import FINAL_STATES, JobDefinition, Run, RunEvent, RunState, RunTag
+from dockyard.models.jobs import (
+    FINAL_STATES,
+    JobDefinition,
+    Run,
+    RunEvent,
+    RunKind,
+    RunState,
+    RunTag,
+)
 
 __all__ = [
     "FINAL_STATES",
@@ -33,6 +41,7 @@ __all__ = [
     "PointerHistory",
     "Run",
     "RunEvent",
+    "RunKind",
     "RunState",
     "RunTag",
     "utcnow",

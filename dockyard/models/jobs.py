@@ -26,6 +26,11 @@ class RunState(enum.StrEnum):
         return self in FINAL_STATES
 
 
+class RunKind(enum.StrEnum):
+    COMMAND = "command"
+    NOTEBOOK = "notebook"
+
+
 FINAL_STATES = frozenset(
     {RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT}
 )
@@ -62,6 +67,8 @@ class Run(Base):
         # A user's runs sorted by start or finish page by keyset without a sort.
         Index("ix_runs_owner_started_at", "owner", "started_at"),
         Index("ix_runs_owner_finished_at", "owner", "finished_at"),
+        # A user's notebook runs, newest first (JupyterLab's Notebook Jobs panel).
+        Index("ix_runs_owner_kind_id", "owner", "kind", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -71,6 +78,11 @@ class Run(Base):
     owner: Mapped[str] = mapped_column(String(64))
     image: Mapped[str] = mapped_column(String(255), index=True)
     command: Mapped[Any] = mapped_column(JSON)
+    #: "command", or "notebook": the command runs the snapshot in ``notebook`` with papermill.
+    kind: Mapped[str] = mapped_column(String(16), default=RunKind.COMMAND)
+    #: For a notebook run: its name, source, parameters, kernel and the snapshot's sha256
+    #: (shared by its retries). NULL for a command run.
+    notebook: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     cpu: Mapped[float]
     memory_mb: Mapped[int]
     gpu: Mapped[int] = mapped_column(default=0)

@@ -253,6 +253,19 @@ class Settings(BaseSettings):
         65536, ge=256, description="Most bytes of environment (names plus values) per run."
     )
     job_pids_limit: int = Field(1024, ge=16, description="Most processes inside one job container.")
+    notebook_job_max_mb: int = Field(
+        20, ge=1, le=1024, description="Largest notebook (MB) a notebook job may be submitted "
+        "with; larger ones are refused with a field error.",
+    )
+    notebook_output_max_mb: int = Field(
+        200, ge=1, le=4096, description="Largest executed notebook (MB) a notebook job may "
+        "keep as its output (outputs with plots grow).",
+    )
+    artifacts_root: str = Field(
+        "", description="Where runs keep their files (notebook snapshots, executed notebooks): "
+        "a directory or s3://bucket/prefix. Default: DATA_ROOT/_artifacts, so under HOME in "
+        "the embedded default and in the S3 data root in production.",
+    )
     job_stop_grace_seconds: int = Field(
         10, ge=0, le=300, description="Seconds between SIGTERM and SIGKILL when a run is stopped."
     )
@@ -390,6 +403,10 @@ class Settings(BaseSettings):
     @property
     def data_dir(self) -> str:
         return self.data_root or str(self.home / "data")
+
+    @property
+    def artifacts_dir(self) -> str:
+        return self.artifacts_root or f"{self.data_dir.rstrip('/')}/_artifacts"
 
     @property
     def log_dir(self) -> Path:

@@ -12,8 +12,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter, Map
 
 from dockyard import __version__
+from dockyard.containers import NotebookHomes
 from dockyard.data import Catalog
 from dockyard.db import make_engine, make_session_factory, write_sessions
+from dockyard.jobs.artifacts import ArtifactStore
 from dockyard.models import MAX_ID
 from dockyard.settings import Settings
 from dockyard.web.auth import HubIdentity, Identity, current_user
@@ -51,6 +53,8 @@ def create_app(settings: Settings, identity: Identity | None = None) -> Flask:
     app.extensions["dockyard.catalog"] = Catalog.from_settings(
         settings, engine, sessions=app.extensions["dockyard.sessions"],
         writes=app.extensions["dockyard.write_sessions"])
+    app.extensions["dockyard.artifacts"] = ArtifactStore.from_settings(settings)
+    app.extensions["dockyard.homes"] = NotebookHomes(settings)
     app.extensions["dockyard.identity"] = identity or HubIdentity()
     from dockyard.jobs.tokens import run_token_lookup
 

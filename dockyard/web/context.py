@@ -6,6 +6,8 @@ from flask import current_app, g
 from sqlalchemy.orm import Session, sessionmaker
 
 from dockyard.data import Catalog
+from dockyard.jobs.artifacts import ArtifactStore
+from dockyard.jobs.notebooks import HomeFiles
 from dockyard.settings import Settings
 
 
@@ -37,6 +39,16 @@ def write_sessions_of_app() -> sessionmaker[Session]:
 def catalog() -> Catalog:
     """The app's data catalog, over the app's database sessions."""
     return current_app.extensions["dockyard.catalog"]
+
+
+def artifacts() -> ArtifactStore:
+    """Where runs keep their files (notebook snapshots and executed notebooks)."""
+    return current_app.extensions["dockyard.artifacts"]
+
+
+def homes() -> HomeFiles:
+    """Users' homes, as their notebook servers see them (to submit a notebook by path)."""
+    return current_app.extensions["dockyard.homes"]
 
 
 def close_db(_exc: BaseException | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask, Response, request, session
 from flask_wtf.csrf import CSRFProtect
 
+from dockyard.settings import Settings
 from dockyard.web.auth import bearer_token
 
 csrf = CSRFProtect()
@@ -33,12 +34,34 @@ UPLOAD_ENDPOINTS = frozenset({
 })
 
 
+#: Routes that take a notebook (a notebook run's submission, the executed notebook its job
+#: sends back), with the setting that bounds them. A notebook a little over its limit still
+#: arrives whole, so that the answer can name the field instead of a bare 413.
+NOTEBOOK_ENDPOINTS = {
+    "api.jobs_create_run": "DOCKYARD_NOTEBOOK_JOB_MAX_MB",
+    "jobs.launch": "DOCKYARD_NOTEBOOK_JOB_MAX_MB",
+    "api.jobs_put_artifact": "DOCKYARD_NOTEBOOK_OUTPUT_MAX_MB",
+}
+
+
+def body_limit(settings: Settings, endpoint: str | None) -> int:
+    """The largest request body (bytes) ``endpoint`` accepts (image uploads aside)."""
+    limit = settings.request_max_kb * 1024
+    setting = NOTEBOOK_ENDPOINTS.get(endpoint or "")
+    if setting == "DOCKYARD_NOTEBOOK_JOB_MAX_MB":
+        limit = max(limit, (2 * settings.notebook_job_max_mb + 1) * 1024 * 1024)
+    elif setting == "DOCKYARD_NOTEBOOK_OUTPUT_MAX_MB":
+        limit = max(limit, (settings.notebook_output_max_mb + 1) * 1024 * 1024)
+    return limit
+
+
 def init_security(app: Flask) -> None:
     @app.before_request
     def _limit_body() -> None:
         # Before the CSRF check below, which is the first to read a form body.
         if request.endpoint not in UPLOAD_ENDPOINTS:
-            request.max_content_length = app.extensions["dockyard.settings"].request_max_kb * 1024
+            request.max_content_length = body_limit(app.extensions["dockyard.settings"],
+                                                    request.endpoint)
 
     # CSRF is checked by hand below: cookie-authenticated requests need the token,
     # token-authenticated API calls (no cookie involved) are exempt.

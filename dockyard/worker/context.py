@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from dockyard.jobs.artifacts import ArtifactStore
 from dockyard.models import Run
 from dockyard.settings import Settings
 from dockyard.worker.backends import JobPool, JobPools
@@ -37,6 +39,11 @@ class WorkerContext:
     token_key: bytes
     #: PostgreSQL lets several workers claim at once; SQLite serialises them.
     on_postgres: bool
+
+    @cached_property
+    def artifacts(self) -> ArtifactStore:
+        """Where notebook runs keep their executed notebooks."""
+        return ArtifactStore.from_settings(self.settings)
 
     @property
     def actor(self) -> str:

@@ -4,6 +4,7 @@ outcome (with the next attempt, if it may be retried) once the job has ended."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -12,11 +13,12 @@ from typing import Any
 from sqlalchemy import update
 
 from dockyard.db import transaction
+from dockyard.jobs.notebooks import failed_cell
 from dockyard.jobs.run_logs import relative_log_location
 from dockyard.jobs.service import new_attempt
 from dockyard.jobs.states import ACTIVE_STATES, advance, deadline_of, outcome
 from dockyard.jobs.tokens import hash_token, run_token
-from dockyard.models import Run, RunEvent, RunState, utcnow
+from dockyard.models import Run, RunEvent, RunKind, RunState, utcnow
 from dockyard.worker.context import WorkerContext
 from dockyard.worker.log_copy import RunLogs
 from spawner.jobs.base import EngineState, JobSpec, JobStartError, JobStatus, command_argv
@@ -40,6 +42,13 @@ def build_spec(run: Run, *, token: str, dockyard_url: str,
         DOCKYARD_URL=dockyard_url,
         DOCKYARD_TOKEN=token,
     )
+    if run.kind == RunKind.NOTEBOOK and run.notebook:
+        # What dockyard_data.notebook_job needs besides its token: it fetches the snapshot.
+        env.update(
+            DOCKYARD_NOTEBOOK_NAME=run.notebook["name"],
+            DOCKYARD_NOTEBOOK_KERNEL=run.notebook["kernel"],
+            DOCKYARD_NOTEBOOK_PARAMETERS=json.dumps(run.notebook.get("parameters") or {}),
+        )
     return JobSpec(
         run_id=run.id, attempt=run.attempt, owner=run.owner, image=run.image,
         argv=command_argv(run.command), cpu=run.cpu, memory_mb=run.memory_mb, gpu=run.gpu,
@@ -178,11 +187,28 @@ class RunLifecycle:
             # Never report a stop that did not happen; the next pass tries again.
             log.warning("Run %s did not stop (engine says %s); trying again", run_id, status.state)
 
+    def _notebook_error(self, run_id: int, status: JobStatus) -> str | None:
+        """For a notebook run that ended badly: its failed cell, from the executed notebook
+        its job sent (None when it sent none)."""
+        if status.exit_code in (0, None):
+            return None
+        with self.context.reads() as session:
+            run = session.get(Run, run_id)
+            if run is None or run.kind != RunKind.NOTEBOOK:
+                return None
+            try:
+                executed = self.context.artifacts.output(run)
+            except Exception as exc:  # storage down: the run still ends, with a plainer reason
+                log.warning("Could not read the executed notebook of run %s: %s", run_id, exc)
+                return None
+        return failed_cell(executed) if executed else None
+
     def settle(self, run_id: int, status: JobStatus, *, intent: RunState | None,
                start_error: str | None = None) -> None:
         """Keep the log, record the outcome (and the next attempt), then clean up."""
         context = self.context
         self.logs.keep(run_id, status, start_error)
+        notebook_error = self._notebook_error(run_id, status) if start_error is None else None
         retry_id: int | None = None
         with transaction(context.writes) as session:
             run = session.get(Run, run_id)
@@ -200,6 +226,8 @@ class RunLifecycle:
                     final, reason = outcome(status, intent=intent,
                                             cancel_requested=run.cancel_requested,
                                             deadline=deadline)
+                    if final == RunState.FAILED and notebook_error:
+                        reason = f"the notebook failed in {notebook_error} ({reason})"
                 values: dict[str, Any] = {
                     "exit_code": status.exit_code,
                     "finished_at": status.finished_at or utcnow(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -18,15 +19,37 @@ api = Blueprint("api", __name__, url_prefix="/api/v1")
 registry = OpenAPIRegistry()
 
 
-def _parse_body(model: type[BaseModel]) -> BaseModel:
+def _parse_body(model: type[BaseModel], file_part: str | None = None) -> BaseModel:
+    if file_part is not None and request.mimetype == "multipart/form-data":
+        return model.model_validate(_form_payload(model))
     if not request.is_json:
+        also = f" (or as multipart/form-data with a file part '{file_part}')" if file_part else ""
         raise ApiError(
-            415, "Expected JSON", "Send the body as JSON with 'Content-Type: application/json'."
+            415, "Expected JSON",
+            f"Send the body as JSON with 'Content-Type: application/json'{also}.",
         )
     payload = request.get_json(silent=True)
     if payload is None:
         raise ApiError(400, "Malformed JSON", "The request body is not valid JSON.")
     return model.model_validate(payload)
+
+
+def _form_payload(model: type[BaseModel]) -> dict[str, Any]:
+    """A multipart form's fields as the model's JSON: a text field stays text, any other
+    field's value is read as JSON (``parameters={"alpha": 0.5}``, ``cpu=2``), and is
+    left as text for the model to refuse when it is not."""
+    payload: dict[str, Any] = {}
+    for key in request.form:
+        value = request.form[key]
+        field = model.model_fields.get(key)
+        if field is not None and field.annotation in (str, str | None):
+            payload[key] = value
+            continue
+        try:
+            payload[key] = json.loads(value)
+        except ValueError:
+            payload[key] = value
+    return payload
 
 
 def _parse_query(model: type[BaseModel]) -> BaseModel:
@@ -55,12 +78,15 @@ def route(
     admin: bool = False,
     public: bool = False,
     responses: dict[int, str] | None = None,
+    file_part: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare an API route: authentication, input parsing and its OpenAPI entry.
 
     The view receives ``body=`` and ``query=`` as validated models. A view returning a
     pydantic model (or a list of them) is serialised to JSON with ``status``.
     ``responses`` documents the route's other answers (e.g. ``{409: "name taken"}``).
+    ``file_part`` lets the body also come as multipart/form-data: the fields as form
+    fields, plus a file in the part of that name (the view reads it from request.files).
     """
 
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -80,6 +106,7 @@ def route(
                 admin=admin,
                 public=public,
                 responses=dict(responses or {}),
+                file_part=file_part,
             )
         )
 
@@ -88,7 +115,7 @@ def route(
             if admin:
                 require_admin()
             if body is not None:
-                kwargs["body"] = _parse_body(body)
+                kwargs["body"] = _parse_body(body, file_part)
             if query is not None:
                 kwargs["query"] = _parse_query(query)
             result = view(**kwargs)

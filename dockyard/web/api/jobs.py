@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Response, send_file
+from flask import Response, request, send_file
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from dockyard.errors import Conflict, Forbidden, Invalid
 from dockyard.jobs import service
+from dockyard.jobs.artifacts import MEDIA_TYPES, OUTPUT, Artifact
+from dockyard.jobs.notebooks import NotebookFile
 from dockyard.jobs.run_logs import log_path, read_log
 from dockyard.jobs.schemas import Command, DefinitionIn, JobLimits, RunIn
 from dockyard.jobs.service import RunFilters, SortKey
-from dockyard.models import MAX_ID, JobDefinition, Run, RunEvent, RunState
+from dockyard.models import MAX_ID, JobDefinition, Run, RunEvent, RunKind, RunState
 from dockyard.web.api import route
 from dockyard.web.auth import User, current_user
-from dockyard.web.context import db, settings, write_db
+from dockyard.web.context import artifacts, db, homes, settings, write_db
 from dockyard.web.errors import ApiError
 
 # -- what the API returns ------------------------------------------------------------------
@@ -23,11 +27,25 @@ NO_IMAGE_MEANS = ("null: no image; the run is a local process in Dockyard's own 
                   "environment (a local pool, on a machine without Docker).")
 
 
+class NotebookOut(BaseModel):
+    name: str = Field(description="The notebook's file name.")
+    source: str = Field(description="upload, or home (read from the owner's home at submit).")
+    path: str | None = Field(description="Its path in the home, when it came from there.")
+    parameters: dict[str, Any] = Field(description="What papermill injected.")
+    kernel: str
+    language: str
+    sha256: str = Field(description="Of the snapshot taken at submit (input.ipynb).")
+
+
 class RunOut(BaseModel):
     id: int
     definition_id: int | None
     definition_name: str | None
     owner: str
+    kind: RunKind = Field(description="command, or notebook: the command runs the notebook "
+                          "snapshot with papermill.")
+    notebook: NotebookOut | None = Field(description="A notebook run's notebook; null for a "
+                                         "command run.")
     image: str | None = Field(description=NO_IMAGE_MEANS)
     command: Command
     cpu: float
@@ -59,6 +77,8 @@ class RunOut(BaseModel):
         return cls(
             id=run.id, definition_id=run.definition_id,
             definition_name=run.definition.name if run.definition else None, owner=run.owner,
+            kind=RunKind(run.kind),
+            notebook=NotebookOut.model_validate(run.notebook) if run.notebook else None,
             image=run.image or None, command=run.command, cpu=run.cpu, memory_mb=run.memory_mb,
             gpu=run.gpu, env=run.env, tags=[t.tag for t in run.tags],
             timeout_seconds=run.timeout_seconds, max_retries=run.max_retries,
@@ -162,6 +182,7 @@ class RunsQuery(BaseModel):
     owner: str | None = Field(None, max_length=64, description="Admins: someone's runs.")
     image: str | None = Field(None, max_length=255)
     tag: str | None = Field(None, max_length=64)
+    kind: RunKind | None = Field(None, description="command or notebook runs only.")
     definition: int | None = Field(None, ge=1, le=MAX_ID, description="A definition id.")
     since: datetime | None = Field(None, description="Queued at or after (ISO 8601).")
     until: datetime | None = Field(None, description="Queued before (ISO 8601).")
@@ -248,10 +269,26 @@ def list_pools() -> PoolListOut:
                                       description=p.description) for p in usable])
 
 
-@route("/runs", "POST", tag="jobs", body=RunIn, response=RunOut, status=201)
+@route("/runs", "POST", tag="jobs", body=RunIn, response=RunOut, status=201,
+       file_part="notebook")
 def create_run(body: RunIn) -> RunOut:
-    """Queue a run, from a definition (other fields override it) or ad hoc."""
-    return RunOut.of(service.create_run(write_db(), _caller(), body, _limits()))
+    """Queue a run, from a definition (other fields override it) or ad hoc.
+
+    A notebook run: JSON with "notebook": {"path": ...} (a file in your home), or
+    multipart/form-data with the notebook file in the part 'notebook'; "parameters" are
+    injected by papermill. Dockyard keeps a snapshot of the notebook as it was now."""
+    upload = request.files.get("notebook") if request.mimetype == "multipart/form-data" \
+        else None
+    notebook_file = None
+    if upload is not None:
+        notebook_file = NotebookFile(name=upload.filename or "notebook.ipynb",
+                                     content=upload.read(), source="upload")
+    elif request.mimetype == "multipart/form-data" and "notebook" in request.form:
+        raise Invalid([{"field": "notebook", "message": "send the notebook as a file part "
+                        "(curl: -F notebook=@etl.ipynb), not as a text field"}])
+    return RunOut.of(service.create_run(write_db(), _caller(), body, _limits(),
+                                        notebook_file=notebook_file, artifacts=artifacts(),
+                                        homes=homes()))
 
 
 @route("/runs", tag="jobs", query=RunsQuery, response=RunPageOut)
@@ -265,8 +302,8 @@ def list_runs(query: RunsQuery) -> RunPageOut:
                        [{"field": "limit", "message": f"at most {cap} per page"}])
     filters = RunFilters(
         status=query.status or [], owner=query.owner, image=query.image, tag=query.tag,
-        definition_id=query.definition, since=query.since, until=query.until, sort=query.sort,
-        cursor=query.cursor, limit=limit,
+        kind=query.kind, definition_id=query.definition, since=query.since,
+        until=query.until, sort=query.sort, cursor=query.cursor, limit=limit,
     )
     page = service.list_runs(db(), _caller(), filters)
     return RunPageOut(runs=[RunOut.of(r) for r in page.runs], next_cursor=page.next_cursor)
@@ -316,3 +353,78 @@ def run_logs(run_id: int, query: LogQuery) -> Any:
     return LogOut(run_id=run.id, status=run.status, offset=chunk.offset,
                   next_offset=chunk.next_offset, size=chunk.size, text=chunk.text,
                   complete=complete)
+
+
+# -- a run's files -----------------------------------------------------------------------------
+class ArtifactOut(BaseModel):
+    name: str
+    size: int | None = Field(description="Bytes; null for output.html until it is first "
+                             "asked for (it is rendered then).")
+    media_type: str
+
+    @classmethod
+    def of(cls, artifact: Artifact) -> ArtifactOut:
+        return cls(name=artifact.name, size=artifact.size, media_type=artifact.media_type)
+
+
+class ArtifactListOut(BaseModel):
+    artifacts: list[ArtifactOut]
+
+
+class OutputSent(Conflict):
+    error = "Run has ended"
+
+
+class NotTheRunsJob(Forbidden):
+    error = "Only the run's job sends its files"
+
+
+@route("/runs/<int:run_id>/artifacts", tag="jobs", response=ArtifactListOut)
+def list_artifacts(run_id: int) -> ArtifactListOut:
+    """The run's files: a notebook run's input.ipynb (the snapshot), and once it has run,
+    output.ipynb (the executed notebook) and output.html."""
+    run = service.get_run(db(), _caller(), run_id)
+    return ArtifactListOut(artifacts=[ArtifactOut.of(a) for a in artifacts().list(run)])
+
+
+@route("/runs/<int:run_id>/artifacts/<name>", tag="jobs",
+       responses={200: "The file, as a download"})
+def get_artifact(run_id: int, name: str) -> Response:
+    """Download one of the run's files by name (see the list)."""
+    run = service.get_run(db(), _caller(), run_id)
+    content = artifacts().read(run, name)
+    return Response(content, mimetype=MEDIA_TYPES[name], headers={
+        "Content-Disposition": f'attachment; filename="run-{run.id}-{name}"',
+        "X-Content-Type-Options": "nosniff",
+        # A downloaded page must never run as Dockyard's origin, even if opened inline.
+        "Content-Security-Policy": "sandbox",
+        "Cache-Control": "private, no-cache",
+    })
+
+
+@route("/runs/<int:run_id>/artifacts/<name>", "PUT", tag="jobs", status=204,
+       responses={403: "Not the run's own job", 409: "The run has ended",
+                  422: "Not a notebook"})
+def put_artifact(run_id: int, name: str) -> Response:
+    """Keep the executed notebook: called by a notebook run's job, with its own token,
+    while the run has not ended (body: the notebook's JSON)."""
+    caller = _caller()
+    run = service.get_run(db(), caller, run_id)
+    if caller.run_id != run.id:
+        raise NotTheRunsJob(f"only the job of run #{run.id} (with its DOCKYARD_TOKEN) sends "
+                            "its files")
+    if name != OUTPUT:
+        raise Invalid([{"field": "name", "message": f"a run's job sends only {OUTPUT}"}])
+    if run.status.is_final:
+        raise OutputSent(f"run #{run.id} has ended ({run.status.value}); its files are kept "
+                         "as they were")
+    content = request.get_data(cache=False)
+    try:
+        notebook = json.loads(content)
+    except ValueError:
+        notebook = None
+    if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
+        raise Invalid([{"field": "body", "message": "not a notebook: send the executed "
+                        ".ipynb JSON"}])
+    artifacts().save_output(run, content)
+    return Response(status=204)

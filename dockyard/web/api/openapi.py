@@ -33,6 +33,8 @@ class Operation:
     path_params: list[str] = field(default_factory=list)
     # Further answers a route may give, status -> when (e.g. {409: "the name is taken"}).
     responses: dict[int, str] = field(default_factory=dict)
+    # The body may also be multipart/form-data, with a file in the part of this name.
+    file_part: str | None = None
 
 
 class OpenAPIRegistry:
@@ -81,10 +83,15 @@ class OpenAPIRegistry:
                         }
                     )
             if op.body is not None:
-                item["requestBody"] = {
-                    "required": True,
-                    "content": {"application/json": {"schema": ref_of[op.body]}},
-                }
+                content: dict[str, Any] = {"application/json": {"schema": ref_of[op.body]}}
+                if op.file_part:
+                    content["multipart/form-data"] = {"schema": {
+                        "allOf": [ref_of[op.body], {"type": "object", "properties": {
+                            op.file_part: {"type": "string", "format": "binary"}}}],
+                        "description": f"The fields as form fields (objects, lists and "
+                                       f"numbers as JSON text) and the file as '{op.file_part}'.",
+                    }}
+                item["requestBody"] = {"required": True, "content": content}
             paths.setdefault(prefix + spec_path, {})[op.method.lower()] = item
         return {
             "openapi": "3.1.0",
