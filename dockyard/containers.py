@@ -121,7 +121,9 @@ class NotebookHomes:
         except FileNotFoundError as exc:
             raise HomeFileMissing(str(exc)) from None
         except Exception as exc:
+            # The engine down, or refusing (docker compose gives the web service a
+            # read-only window on it): say so, and what works instead.
             problem = engine_problem(exc)
-            if problem is None:
-                raise
-            raise Unavailable(f"could not read your home: {problem.reason}") from exc
+            reason = problem.reason if problem else str(exc).splitlines()[0][:300]
+            raise Unavailable(f"Dockyard could not read your home ({reason}); upload the "
+                              "notebook instead") from exc

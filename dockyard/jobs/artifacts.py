@@ -78,6 +78,9 @@ class ArtifactStore:
     def _write(self, location: str, content: bytes) -> None:
         fs, path = self._storage.filesystem(location)
         try:
+            if location.startswith("s3://"):
+                fs.pipe_file(path, content)  # an object appears whole, or not at all
+                return
             fs.makedirs(posixpath.dirname(path), exist_ok=True)
             # Write aside, then move into place: a reader never sees half a file.
             partial = f"{path}.partial"

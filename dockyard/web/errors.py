@@ -92,11 +92,12 @@ def init_errors(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge) -> Any:
-        from dockyard.web.security import NOTEBOOK_ENDPOINTS, UPLOAD_ENDPOINTS
+        from dockyard.web.security import UPLOAD_ENDPOINTS, notebook_setting
 
         limit = request.max_content_length or 0
         setting = ("DOCKYARD_IMAGE_UPLOAD_MAX_MB" if request.endpoint in UPLOAD_ENDPOINTS
-                   else NOTEBOOK_ENDPOINTS.get(request.endpoint or "", "DOCKYARD_REQUEST_MAX_KB"))
+                   else notebook_setting(request.endpoint, request.mimetype)
+                   or "DOCKYARD_REQUEST_MAX_KB")
         return _respond(413, "Request too large",
                         f"The request body is larger than the {limit // 1024} KB accepted here "
                         f"(the administrators set this with {setting}).")

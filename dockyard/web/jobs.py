@@ -1,8 +1,10 @@
-"""Job pages: the runs list, the launch form, a run, definitions. Parse, call, render;
-the rules live in dockyard.jobs.service."""
+"""Job pages: the runs list, the launch form (a command or a notebook), a run (with a
+notebook run's files and executed notebook), definitions. Parse, call, render; the rules
+live in dockyard.jobs.service."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +15,7 @@ from flask import (
     Blueprint,
     Response,
     abort,
+    current_app,
     flash,
     redirect,
     render_template,
@@ -21,16 +24,19 @@ from flask import (
     url_for,
 )
 from pydantic import ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from dockyard.images.catalog import default_image, usable_images
 from dockyard.images.curated import curated_reference
 from dockyard.jobs import service
+from dockyard.jobs.artifacts import MEDIA_TYPES, OUTPUT, ArtifactStoreUnavailable
+from dockyard.jobs.notebooks import NotebookFile, parse_parameter_lines
 from dockyard.jobs.run_logs import log_path, read_log
 from dockyard.jobs.schemas import DefinitionIn, FieldProblem, JobLimits, RunIn
 from dockyard.jobs.service import InvalidJob, JobConflict, JobNotFound, RunFilters
-from dockyard.models import FINAL_STATES, MAX_ID, JobDefinition, Run, RunState, utcnow
+from dockyard.models import FINAL_STATES, MAX_ID, JobDefinition, Run, RunKind, RunState, utcnow
 from dockyard.web.auth import User, current_user, page_login_required
-from dockyard.web.context import db, settings, write_db
+from dockyard.web.context import artifacts, db, homes, settings, write_db
 from dockyard.web.errors import validation_detail
 
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
@@ -49,6 +55,16 @@ STATUS_BADGES = {
 }
 JOB_FIELDS = ("image", "command", "cpu", "memory_mb", "gpu", "env", "tags", "timeout_seconds",
               "max_retries", "pool")
+#: The notebook form: the job fields but the command (Dockyard's own), and the notebook's.
+NOTEBOOK_FIELDS = (*(name for name in JOB_FIELDS if name != "command"), "notebook_path",
+                   "parameters")
+#: Where a problem the service names goes on the form, when not under its first part.
+FORM_FIELD_OF_PROBLEM = {"notebook.path": "notebook_path"}
+#: What the executed notebook may do in its frame: show itself (inline styles, images
+#: embedded as data: URLs) and nothing more. ``sandbox`` gives it an origin of its own, so
+#: even a script that ran could not reach Dockyard's pages, cookies or API.
+NOTEBOOK_FRAME_POLICY = ("sandbox; default-src 'none'; img-src data:; "
+                         "style-src 'unsafe-inline'; frame-ancestors 'self'")
 
 
 def _caller() -> User:
@@ -89,7 +105,15 @@ def _format_duration(run: Run) -> str:
 @bp.app_context_processor
 def _job_helpers() -> dict[str, Any]:
     return {"status_badges": STATUS_BADGES, "final_states": FINAL_STATES,
-            "command_text": command_text}
+            "command_text": command_text, "parameter_text": parameter_text}
+
+
+def parameter_text(value: Any) -> str:
+    """A parameter's value as it is typed in a ``name=value`` line (and read back the same
+    way): true, false, null, numbers as numbers, text as it is."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return str(value)
 
 
 def command_text(command: Any) -> str:
@@ -110,13 +134,18 @@ def runs_page() -> Any:
             statuses.append(RunState(value))
         elif value:
             errors.append(f"unknown status '{value}'")
+    kind = args.get("kind") or None
+    if kind is not None and kind not in set(RunKind):
+        errors.append(f"unknown kind '{kind[:40]}'")
+        kind = None
     sort = args.get("sort", "-queued")
     if sort not in SORTS:
         errors.append(f"unknown sort '{sort}'")
         sort = "-queued"
     filters = RunFilters(
         status=statuses, owner=args.get("owner") or None, image=args.get("image") or None,
-        tag=args.get("tag") or None, definition_id=_int_arg("definition", errors),
+        tag=args.get("tag") or None, kind=RunKind(kind) if kind else None,
+        definition_id=_int_arg("definition", errors),
         since=_date_arg("since", errors), until=_date_arg("until", errors, end_of_day=True),
         sort=sort, cursor=args.get("cursor") or None, limit=PAGE_SIZE,
     )
@@ -129,7 +158,7 @@ def runs_page() -> Any:
     query = {k: args.getlist(k) for k in args if k != "cursor"}
     return render_template(
         "jobs/runs.html", page=page, filters=filters, errors=errors, sorts=SORTS,
-        statuses=list(RunState), images=usable_images(db(), "jobs"),
+        statuses=list(RunState), kinds=list(RunKind), images=usable_images(db(), "jobs"),
         definitions=service.list_definitions(db(), user), args=args,
         next_url=url_for("jobs.runs_page", **query, cursor=page.next_cursor)
         if page.next_cursor else None,
@@ -177,7 +206,7 @@ def _date_arg(name: str, errors: list[str], end_of_day: bool = False) -> datetim
 # -- launch --------------------------------------------------------------------------------
 def _form_values_from(source: Run | JobDefinition) -> dict[str, str]:
     tags = [t.tag for t in source.tags] if isinstance(source, Run) else source.tags
-    return {
+    values = {
         "image": source.image, "command": command_text(source.command),
         "cpu": f"{source.cpu:g}", "memory_mb": str(source.memory_mb), "gpu": str(source.gpu),
         "env": "\n".join(f"{k}={v}" for k, v in source.env.items()),
@@ -186,6 +215,12 @@ def _form_values_from(source: Run | JobDefinition) -> dict[str, str]:
         "max_retries": str(source.max_retries),
         "pool": source.pool,
     }
+    if isinstance(source, Run) and source.notebook:
+        values["notebook_path"] = source.notebook.get("path") or ""
+        values["parameters"] = "\n".join(
+            f"{name}={parameter_text(value)}"
+            for name, value in (source.notebook.get("parameters") or {}).items())
+    return values
 
 
 def _parse_job_form(form: Any, errors: dict[str, str]) -> dict[str, Any]:
@@ -232,7 +267,12 @@ def _field_errors(problems: list[dict[str, Any]] | list[FieldProblem],
     for problem in problems:
         field, message = ((problem.field, problem.message) if isinstance(problem, FieldProblem)
                           else (problem["field"], problem["message"]))
-        errors.setdefault(field.split(".")[0], message)
+        errors.setdefault(FORM_FIELD_OF_PROBLEM.get(field) or field.split(".")[0], message)
+
+
+def _kind_arg() -> RunKind:
+    """Which launch form: ?kind=notebook, else a command."""
+    return RunKind.NOTEBOOK if request.args.get("kind") == RunKind.NOTEBOOK else RunKind.COMMAND
 
 
 @bp.get("/new")
@@ -240,6 +280,8 @@ def _field_errors(problems: list[dict[str, Any]] | list[FieldProblem],
 def launch_form() -> Any:
     user = _caller()
     values: dict[str, str] = {"cpu": "1", "memory_mb": "1024", "gpu": "0", "max_retries": "0"}
+    kind = _kind_arg()
+    cloned_notebook: dict[str, Any] | None = None
     # ?definition= from links; ?definition_id= when htmx reloads the form on a change.
     definition_id = request.args.get("definition") or request.args.get("definition_id") or ""
     clone = url_number(request.args.get("clone", ""))
@@ -250,9 +292,13 @@ def launch_form() -> Any:
         with _found():
             run = service.get_run(db(), user, clone)
         values.update(_form_values_from(run))
+        if run.kind == RunKind.NOTEBOOK:
+            kind, cloned_notebook = RunKind.NOTEBOOK, {"run_id": run.id, **(run.notebook or {})}
         if run.definition_id:
             definition_id = str(run.definition_id)
-    return _render_launch(values, {}, definition_id)
+    if kind == RunKind.NOTEBOOK:
+        definition_id = ""  # definitions hold commands
+    return _render_launch(values, {}, definition_id, kind=kind, cloned_notebook=cloned_notebook)
 
 
 def _job_form_choices() -> dict[str, Any]:
@@ -271,33 +317,79 @@ def _job_form_choices() -> dict[str, Any]:
 
 
 def _render_launch(values: dict[str, str], errors: dict[str, str], definition_id: str,
-                   status: int = 200) -> Any:
+                   status: int = 200, kind: RunKind = RunKind.COMMAND,
+                   **notebook_form: Any) -> Any:
     return render_template(
         "jobs/launch.html", values=values, errors=errors, definition_id=definition_id,
-        definitions=service.list_definitions(db(), _caller()), **_job_form_choices(),
+        definitions=service.list_definitions(db(), _caller()), kind=kind.value,
+        notebook_max_mb=settings().notebook_job_max_mb, **notebook_form,
+        **_job_form_choices(),
     ), status
 
 
 @bp.post("/new")
 @page_login_required
 def launch() -> Any:
+    """Both launch forms post here: the command form as it always did, the notebook form
+    (multipart, with ``?kind=notebook``) with its file or home path and parameters."""
     user = _caller()
+    kind = _kind_arg()
     errors: dict[str, str] = {}
     data = _parse_job_form(request.form, errors)
     definition_id = (request.form.get("definition_id") or "").strip()
     if definition_id:
         data["definition_id"] = definition_id
+    notebook_file = _notebook_form(data, errors) if kind == RunKind.NOTEBOOK else None
     if not errors:
         try:
             body = RunIn.model_validate(data)
-            run = service.create_run(write_db(), user, body, _limits())
+            run = service.create_run(write_db(), user, body, _limits(),
+                                     notebook_file=notebook_file, artifacts=artifacts(),
+                                     homes=homes())
             return redirect(url_for("jobs.run_page", run_id=run.id), code=303)
         except ValidationError as exc:
             _field_errors(validation_detail(exc), errors)
         except InvalidJob as exc:
             _field_errors(exc.problems, errors)
+    if kind == RunKind.NOTEBOOK:
+        values = {key: request.form.get(key, "") for key in NOTEBOOK_FIELDS}
+        return _render_launch(values, errors, "", status=422, kind=kind,
+                              chosen_file=notebook_file.name if notebook_file else None)
     values = {key: request.form.get(key, "") for key in JOB_FIELDS}
     return _render_launch(values, errors, definition_id, status=422)
+
+
+def _notebook_form(data: dict[str, Any], errors: dict[str, str]) -> NotebookFile | None:
+    """The notebook form's own fields: the upload (returned) or the home path, and the
+    parameters, into ``data`` as the API would get them; unparseable parts → errors."""
+    try:
+        data["parameters"] = parse_parameter_lines(request.form.get("parameters") or "")
+    except InvalidJob as exc:
+        _field_errors(exc.problems, errors)
+    path = (request.form.get("notebook_path") or "").strip()
+    if path:
+        data["notebook"] = {"path": path}
+    upload = request.files.get("notebook")
+    if upload is None or not upload.filename:  # a file input left empty sends no name
+        if not path:
+            errors["notebook"] = "choose a notebook to upload, or give its path in your home"
+        return None
+    return NotebookFile(name=upload.filename, content=upload.read(), source="upload")
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def _too_large(exc: RequestEntityTooLarge) -> Any:
+    """A notebook upload too large to be read at all: the form again, with the field's
+    error, rather than a bare error page. Elsewhere in Jobs, the app's own answer."""
+    if request.endpoint != "jobs.launch" or _kind_arg() != RunKind.NOTEBOOK:
+        app_handler = current_app.error_handler_spec[None][413].get(RequestEntityTooLarge)
+        return app_handler(exc) if app_handler is not None else exc
+    limit = settings().notebook_job_max_mb
+    errors = {"notebook": f"the upload is far larger than the {limit} MB a notebook may be "
+                          "(DOCKYARD_NOTEBOOK_JOB_MAX_MB), so it was not read; choose a "
+                          "smaller notebook (clear its outputs) and fill in the form again"}
+    values = {"cpu": "1", "memory_mb": "1024", "gpu": "0", "max_retries": "0"}
+    return _render_launch(values, errors, "", status=422, kind=RunKind.NOTEBOOK)
 
 
 # -- one run -------------------------------------------------------------------------------
@@ -308,10 +400,23 @@ def _run_context(run_id: int) -> dict[str, Any]:
             "events": service.events_of(db(), run), "live": run.status not in FINAL_STATES}
 
 
+def _notebook_context(run: Run) -> dict[str, Any]:
+    """A notebook run's files, for its part of the run page; an unreachable store is said
+    there rather than failing the whole page."""
+    if run.kind != RunKind.NOTEBOOK:
+        return {}
+    try:
+        found = artifacts().list(run)
+    except ArtifactStoreUnavailable as exc:
+        return {"artifacts": [], "has_output": False, "artifacts_problem": str(exc)}
+    return {"artifacts": found, "has_output": any(a.name == OUTPUT for a in found)}
+
+
 @bp.get("/runs/<int:run_id>")
 @page_login_required
 def run_page(run_id: int) -> Any:
-    return render_template("jobs/run.html", **_run_context(run_id))
+    context = _run_context(run_id)
+    return render_template("jobs/run.html", **context, **_notebook_context(context["run"]))
 
 
 @bp.get("/runs/<int:run_id>/panel")
@@ -319,6 +424,48 @@ def run_page(run_id: int) -> Any:
 def run_panel(run_id: int) -> Any:
     """The status part of the run page, polled by htmx while the run is live."""
     return render_template("jobs/_run_panel.html", **_run_context(run_id))
+
+
+@bp.get("/runs/<int:run_id>/notebook")
+@page_login_required
+def run_notebook(run_id: int) -> Any:
+    """A notebook run's part of the run page, polled by htmx until its executed notebook
+    is there (or the run ended without one): the frame then loads once."""
+    context = _run_context(run_id)
+    if context["run"].kind != RunKind.NOTEBOOK:
+        abort(404, "This run runs a command, not a notebook.")
+    return render_template("jobs/_run_notebook.html", **context,
+                           **_notebook_context(context["run"]))
+
+
+@bp.get("/runs/<int:run_id>/notebook.html")
+@page_login_required
+def notebook_frame(run_id: int) -> Any:
+    """The executed notebook as HTML, for the run page's sandboxed frame. Its outputs may
+    hold any script; the headers keep every one from running (see NOTEBOOK_FRAME_POLICY)."""
+    with _found():
+        run = service.get_run(db(), _caller(), run_id)
+    response = Response(artifacts().html(run), mimetype="text/html")
+    response.headers["Content-Security-Policy"] = NOTEBOOK_FRAME_POLICY
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "private, no-cache"
+    # Framed by the run page only (the app's default is no framing at all).
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    return response
+
+
+@bp.get("/runs/<int:run_id>/artifacts/<name>")
+@page_login_required
+def download_artifact(run_id: int, name: str) -> Any:
+    """One of a notebook run's files, as a download (a name the run does not have: 404)."""
+    with _found():
+        run = service.get_run(db(), _caller(), run_id)
+    response = send_file(io.BytesIO(artifacts().read(run, name)),
+                         mimetype=MEDIA_TYPES.get(name, "application/octet-stream"),
+                         as_attachment=True, download_name=f"run-{run.id}-{name}", max_age=0)
+    # Should a browser render the HTML anyway, none of its scripts runs.
+    response.headers["Content-Security-Policy"] = NOTEBOOK_FRAME_POLICY
+    return response
 
 
 @bp.get("/runs/<int:run_id>/log-tail")

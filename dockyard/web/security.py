@@ -34,9 +34,10 @@ UPLOAD_ENDPOINTS = frozenset({
 })
 
 
-#: Routes that take a notebook (a notebook run's submission, the executed notebook its job
-#: sends back), with the setting that bounds them. A notebook a little over its limit still
-#: arrives whole, so that the answer can name the field instead of a bare 413.
+#: Routes that take a notebook, with the setting that bounds them: a notebook run's
+#: submission (as multipart/form-data: JSON bodies keep DOCKYARD_REQUEST_MAX_KB), and the
+#: executed notebook its job sends back. A notebook a little over its limit still arrives
+#: whole, so that the answer can name the field instead of a bare 413.
 NOTEBOOK_ENDPOINTS = {
     "api.jobs_create_run": "DOCKYARD_NOTEBOOK_JOB_MAX_MB",
     "jobs.launch": "DOCKYARD_NOTEBOOK_JOB_MAX_MB",
@@ -44,10 +45,18 @@ NOTEBOOK_ENDPOINTS = {
 }
 
 
-def body_limit(settings: Settings, endpoint: str | None) -> int:
+def notebook_setting(endpoint: str | None, mimetype: str) -> str | None:
+    """The setting that bounds this request's body when it carries a notebook."""
+    setting = NOTEBOOK_ENDPOINTS.get(endpoint or "")
+    if setting == "DOCKYARD_NOTEBOOK_JOB_MAX_MB" and mimetype != "multipart/form-data":
+        return None
+    return setting
+
+
+def body_limit(settings: Settings, endpoint: str | None, mimetype: str) -> int:
     """The largest request body (bytes) ``endpoint`` accepts (image uploads aside)."""
     limit = settings.request_max_kb * 1024
-    setting = NOTEBOOK_ENDPOINTS.get(endpoint or "")
+    setting = notebook_setting(endpoint, mimetype)
     if setting == "DOCKYARD_NOTEBOOK_JOB_MAX_MB":
         limit = max(limit, (2 * settings.notebook_job_max_mb + 1) * 1024 * 1024)
     elif setting == "DOCKYARD_NOTEBOOK_OUTPUT_MAX_MB":
@@ -61,7 +70,7 @@ def init_security(app: Flask) -> None:
         # Before the CSRF check below, which is the first to read a form body.
         if request.endpoint not in UPLOAD_ENDPOINTS:
             request.max_content_length = body_limit(app.extensions["dockyard.settings"],
-                                                    request.endpoint)
+                                                    request.endpoint, request.mimetype)
 
     # CSRF is checked by hand below: cookie-authenticated requests need the token,
     # token-authenticated API calls (no cookie involved) are exempt.

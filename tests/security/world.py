@@ -1,6 +1,7 @@
 """A small installation's worth of objects, made through the real API where it can be:
-alice's job definition and runs (one live, one ended with a log), images (one offered to
-users, one hidden), alice's data table with two committed batches and a pending one.
+alice's job definition and runs (one live, one ended with a log, one notebook run with its
+executed notebook), images (one offered to users, one hidden), alice's data table with two
+committed batches and a pending one.
 
 ``text`` goes into every field a user controls, so the same world serves the
 authorization matrix (plain text) and the XSS tests (attack payloads).
@@ -8,9 +9,12 @@ authorization matrix (plain text) and the XSS tests (attack payloads).
 
 from __future__ import annotations
 
+import io
+import json
 from dataclasses import dataclass
 from datetime import timedelta
 
+import nbformat
 import pyarrow as pa
 import pyarrow.parquet as pq
 from flask import Flask
@@ -32,6 +36,7 @@ class World:
     definition: int  # alice's
     live_run: int  # alice's, RUNNING
     ended_run: int  # alice's, FAILED, with a log
+    notebook_run: int  # alice's, SUCCEEDED, with input, output and HTML
     image: int  # offered to users (jobs)
     hidden_image: int  # in the catalog, not offered
     doomed_image: int  # unused by anything: may be deleted
@@ -46,7 +51,8 @@ class World:
         """Values for the route table's placeholders."""
         return {
             "definition_id": self.definition, "run_id": self.live_run,
-            "ended_run": self.ended_run, "image_id": self.image,
+            "ended_run": self.ended_run, "notebook_run": self.notebook_run,
+            "image_id": self.image,
             "hidden_image": self.hidden_image, "doomed_image": self.doomed_image,
             "namespace": self.namespace, "name": self.table, "partition": self.partition,
             "batch_id": self.current_batch, "older_batch": self.older_batch,
@@ -73,6 +79,18 @@ def write_parquet(location: str, columns: dict[str, list[object]]) -> None:
                   handle)
 
 
+def _notebook(text: str) -> bytes:
+    """A notebook whose source and output hold ``text``."""
+    node = nbformat.v4.new_notebook()
+    node.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                   "language": "python"}
+    cell = nbformat.v4.new_code_cell(f"note = {text!r}\nprint(note)")
+    cell.metadata["tags"] = ["parameters"]
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+    node.cells.append(cell)
+    return nbformat.writes(node).encode()
+
+
 def seed(app: Flask, settings: Settings, text: str = "plain words") -> World:
     client: FlaskClient = app.test_client()
     sessions = app.extensions["dockyard.sessions"]
@@ -81,6 +99,9 @@ def seed(app: Flask, settings: Settings, text: str = "plain words") -> World:
     with sessions() as session:
         offered = Image(reference=SHELL_IMAGE, status=ImageStatus.READY, for_jobs=True,
                         for_notebooks=True, created_by="admin",
+                        # What inspection finds in an image that runs notebook jobs.
+                        contents={"kernels": {"python3": {"language": "python"}},
+                                  "pip_packages": {"papermill": "2.7.0"}},
                         build_log=f"Step 1/2 : FROM scratch\n{text}\nSuccessfully built\n")
         hidden = Image(reference="team/hidden:1", status=ImageStatus.READY, created_by="admin")
         doomed = Image(reference="team/doomed:1", status=ImageStatus.READY, created_by="admin")
@@ -111,7 +132,20 @@ def seed(app: Flask, settings: Settings, text: str = "plain words") -> World:
             status=RunState.FAILED, backend="local", exit_code=1, reason=f"exit code 1 {text}",
             started_at=now - timedelta(seconds=30), finished_at=now - timedelta(seconds=20)))
         session.commit()
-    for run_id in (live, ended):
+    notebook = _notebook(text)
+    notebook_run = _ok(client.post("/api/v1/runs", headers=ALICE, data={
+        "image": SHELL_IMAGE, "parameters": json.dumps({"note": text}),
+        "notebook": (io.BytesIO(notebook), f"{text}.ipynb")},
+        content_type="multipart/form-data"), 201)["id"]
+    with sessions() as session:
+        session.execute(update(Run).where(Run.id == notebook_run).values(
+            status=RunState.SUCCEEDED, backend="local", exit_code=0,
+            started_at=now - timedelta(seconds=30), finished_at=now - timedelta(seconds=20)))
+        session.commit()
+        # The executed notebook its job would have sent (the job's PUT is tested elsewhere).
+        app.extensions["dockyard.artifacts"].save_output(session.get(Run, notebook_run),
+                                                         notebook)
+    for run_id in (live, ended, notebook_run):
         path = log_path(settings, run_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"starting\n{text}\ndone\n")
@@ -132,7 +166,8 @@ def seed(app: Flask, settings: Settings, text: str = "plain words") -> World:
             _ok(client.post(f"{base}/batches/{began['batch_id']}/commit", headers=ALICE,
                             json={}), 200)
     return World(
-        definition=definition, live_run=live, ended_run=ended, image=ids[0],
+        definition=definition, live_run=live, ended_run=ended, notebook_run=notebook_run,
+        image=ids[0],
         hidden_image=ids[1], doomed_image=ids[2], namespace=ns, table=table,
         partition="date=20240101", current_batch=batches[1], older_batch=batches[0],
         pending_batch=batches[2],
