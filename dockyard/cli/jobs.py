@@ -1,4 +1,5 @@
-"""`dockyard jobs …`: submit, list, follow and cancel runs through the REST API.
+"""`dockyard jobs …`: submit runs (commands and notebooks), list, follow and cancel them
+through the REST API.
 
 These are client commands: they talk to a running Dockyard at ``DOCKYARD_URL`` with the
 token in ``DOCKYARD_TOKEN`` (inside a job both are already set), like any API client.
@@ -9,7 +10,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import click
 import requests
@@ -26,25 +28,52 @@ class Api:
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"token {token}"
 
+    @property
+    def pages(self) -> str:
+        """Dockyard's web pages: the address the API lives under."""
+        return self.base.removesuffix("/api/v1")
+
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self.session.request(method, self.base + path, timeout=30, **kwargs)
         except requests.RequestException as exc:
             raise click.ClickException(f"cannot reach Dockyard at {self.base}: {exc}") from None
         if response.status_code >= 400:
-            raise click.ClickException(_error_text(response))
+            raise Refused.of(response)
         return response.json() if response.content else None
 
 
-def _error_text(response: requests.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return f"HTTP {response.status_code}: {response.text[:200]}"
-    detail = body.get("detail")
-    if isinstance(detail, list):
-        detail = "; ".join(f"{d.get('field')}: {d.get('message')}" for d in detail)
-    return f"{body.get('error', response.status_code)}: {detail}" if detail else str(body)
+class Refused(click.ClickException):
+    """Dockyard said no. Field problems are printed one ``field: message`` a line and
+    exit 2, as a usage error does: the command line needs changing, not the service."""
+
+    def __init__(self, message: str, problems: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+        if self.problems:
+            self.exit_code = 2
+
+    @classmethod
+    def of(cls, response: requests.Response) -> Refused:
+        try:
+            body = response.json()
+        except ValueError:
+            return cls(f"HTTP {response.status_code}: {response.text[:200]}")
+        detail = body.get("detail") if isinstance(body, dict) else None
+        if isinstance(detail, list) and detail and all(isinstance(d, dict) for d in detail):
+            problems = [(str(d.get("field")), str(d.get("message"))) for d in detail]
+            return cls("; ".join(f"{f}: {m}" for f, m in problems), problems)
+        if not isinstance(body, dict):
+            return cls(str(body))
+        return cls(f"{body.get('error', response.status_code)}: {detail}" if detail
+                   else str(body))
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        if not self.problems:
+            super().show(file)
+            return
+        for field, message in self.problems:
+            click.echo(f"{field}: {message}", err=True)
 
 
 @main.group()
@@ -94,13 +123,7 @@ def submit(api: Api, command: tuple[str, ...], shell_command: str | None, env: t
     elif shell_command:
         body["command"] = shell_command
     if env:
-        pairs = {}
-        for item in env:
-            name, sep, value = item.partition("=")
-            if not sep:
-                raise click.UsageError(f"--env {item!r}: write NAME=VALUE")
-            pairs[name] = value
-        body["env"] = pairs
+        body["env"] = _env_pairs(env)
     if tags:
         body["tags"] = list(tags)
     run = api.call("POST", "/runs", json=body)
@@ -109,20 +132,115 @@ def submit(api: Api, command: tuple[str, ...], shell_command: str | None, env: t
         sys.exit(_follow(api, run["id"]))
 
 
+@jobs.command("submit-notebook")
+@click.argument("notebook", required=False,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--home-path", metavar="PATH", help="A notebook in your home instead of a local "
+              "file, e.g. work/etl.ipynb (as JupyterLab's file browser shows it).")
+@click.option("-p", "--parameter", "parameters", multiple=True, metavar="NAME=VALUE",
+              help="A parameter for the notebook's 'parameters' cell, typed as papermill's -p: "
+              "int, float, true/false, null, else text. Repeat for several.")
+@click.option("--image", help="Image from the catalog with papermill and the notebook's kernel.")
+@click.option("--pool", help="Job pool to run in (default: 'default').")
+@click.option("--cpu", type=float)
+@click.option("--memory", "memory_mb", type=int, help="Memory limit in MB.")
+@click.option("--timeout", "timeout_seconds", type=int, help="Seconds before the run is stopped.")
+@click.option("--retries", "max_retries", type=int, help="Automatic retries after a failure "
+              "(each runs the same snapshot).")
+@click.option("-t", "--tag", "tags", multiple=True)
+@click.option("-e", "--env", "env", multiple=True, metavar="NAME=VALUE")
+@click.option("--wait", is_flag=True, help="Print the log until the run ends; exit non-zero "
+              "unless it succeeded.")
+@click.pass_obj
+def submit_notebook(api: Api, notebook: Path | None, home_path: str | None,
+                    parameters: tuple[str, ...], env: tuple[str, ...], tags: tuple[str, ...],
+                    wait: bool, **fields: Any) -> None:
+    """Run a notebook as a job: Dockyard keeps a snapshot of it, runs it with papermill and
+    keeps the executed copy (output.ipynb, output.html) with the run.
+
+    \b
+        dockyard jobs submit-notebook etl.ipynb -p alpha=0.5 -p day=2024-01-01 \\
+            --image dockyard/notebook:latest --wait
+        dockyard jobs submit-notebook --home-path work/etl.ipynb --image dockyard/notebook
+    """
+    if (notebook is None) == (home_path is None):
+        raise click.UsageError("give a notebook file or --home-path, one of the two")
+    body: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
+    if parameters:
+        body["parameters"] = _notebook_parameters(parameters)
+    if env:
+        body["env"] = _env_pairs(env)
+    if tags:
+        body["tags"] = list(tags)
+    if home_path is not None:
+        run = api.call("POST", "/runs", json={**body, "notebook": {"path": home_path}})
+    else:
+        assert notebook is not None
+        # multipart: the file as a part, the JSON fields as text (objects and lists as JSON).
+        form = {name: json.dumps(value) if isinstance(value, dict | list) else str(value)
+                for name, value in body.items()}
+        with notebook.open("rb") as content:
+            run = api.call("POST", "/runs", data=form, files={
+                "notebook": (notebook.name, content, "application/x-ipynb+json")})
+    name = (run.get("notebook") or {}).get("name") or (notebook.name if notebook else home_path)
+    click.echo(f"Run {run['id']} queued: notebook {name} in "
+               f"{run['image'] or 'a local process'}.")
+    click.echo(f"{api.pages}/jobs/runs/{run['id']}")
+    if wait:
+        sys.exit(_follow(api, run["id"]))
+
+
+def _notebook_parameters(items: tuple[str, ...]) -> dict[str, Any]:
+    """``-p NAME=VALUE`` options as parameters, each typed as the Jobs page types a line."""
+    from dockyard.jobs.notebooks import parse_parameter_lines
+    from dockyard.jobs.service import InvalidJob
+
+    parameters: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
+    for item in items:
+        if "\n" in item or "\r" in item:
+            problems.append(("parameters", f"-p {item.splitlines()[0][:60]!r}…: a value is "
+                             "one line"))
+            continue
+        try:
+            parsed = parse_parameter_lines(item)
+        except InvalidJob as exc:
+            problems += [(p.field, p.message) for p in exc.problems]
+            continue
+        if not parsed:  # blank, or what a file of lines would take for a comment
+            problems.append(("parameters", f"-p {item!r}: write NAME=VALUE"))
+        parameters.update(parsed)
+    if problems:
+        raise Refused("; ".join(f"{f}: {m}" for f, m in problems), problems)
+    return parameters
+
+
+def _env_pairs(items: tuple[str, ...]) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise click.UsageError(f"--env {item!r}: write NAME=VALUE")
+        pairs[name] = value
+    return pairs
+
+
 @jobs.command("list")
 @click.option("--status", multiple=True, type=click.Choice(sorted(FINAL | {"QUEUED", "PENDING",
                                                                            "RUNNING"})))
 @click.option("--tag")
+@click.option("--kind", type=click.Choice(["command", "notebook"]))
 @click.option("--definition", type=int)
 @click.option("--owner", help="Admins: someone else's runs.")
 @click.option("--limit", default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
 @click.pass_obj
-def list_runs(api: Api, status: tuple[str, ...], tag: str | None, definition: int | None,
-              owner: str | None, limit: int, as_json: bool) -> None:
+def list_runs(api: Api, status: tuple[str, ...], tag: str | None, kind: str | None,
+              definition: int | None, owner: str | None, limit: int, as_json: bool) -> None:
     """Your most recent runs."""
     params: dict[str, Any] = {"limit": limit, "status": list(status)}
-    for key, value in (("tag", tag), ("definition", definition), ("owner", owner)):
+    for key, value in (("tag", tag), ("kind", kind), ("definition", definition),
+                       ("owner", owner)):
         if value is not None:
             params[key] = value
     page = api.call("GET", "/runs", params=params)
