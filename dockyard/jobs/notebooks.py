@@ -220,7 +220,8 @@ def home_path(path: str, home_dir: str = "/home/jovyan") -> str | None:
 # -- after the run ---------------------------------------------------------------------------
 def failed_cell(executed: bytes) -> str | None:
     """Where an executed notebook failed, as a sentence: the cell's number in the notebook
-    as submitted (cells papermill added are not counted), its ``In [n]`` and the error."""
+    as submitted (cells papermill added are not counted) and the error. Not its ``In [n]``:
+    papermill's injected parameters cell shifts those by one, which would mislead."""
     try:
         notebook = json.loads(executed)
     except (ValueError, UnicodeDecodeError):
@@ -235,8 +236,7 @@ def failed_cell(executed: bytes) -> str | None:
         number += 1
         for output in cell.get("outputs") or []:
             if output.get("output_type") == "error":
-                count = cell.get("execution_count")
-                where = f"cell {number}" + (f" (In [{count}])" if count else "")
+                where = f"cell {number}"
                 evalue = str(output.get("evalue", "")).strip().splitlines()
                 error = output.get("ename", "Error") + (f": {evalue[0][:300]}" if evalue else "")
                 return f"{where}: {error}"

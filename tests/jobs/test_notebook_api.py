@@ -254,6 +254,6 @@ def test_the_failed_cell_is_found_in_an_executed_notebook() -> None:
     node.cells[3].outputs = [nbformat.v4.new_output("error", ename="ValueError",
                                                     evalue="boom", traceback=[])]
     text = failed_cell(nbformat.writes(node).encode())
-    assert text == "cell 3 (In [3]): ValueError: boom"
+    assert text == "cell 3: ValueError: boom"
     assert failed_cell(notebook("x = 1")) is None
     assert failed_cell(b"garbage") is None
