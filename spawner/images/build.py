@@ -110,7 +110,7 @@ def available_images(images_dir: Path = IMAGES_DIR) -> dict[str, ImageSpec]:
         ),
         "notebook": ImageSpec(
             "notebook", "dockyard/notebook", images_dir, "notebook/Dockerfile",
-            ("notebook", "client", "client-r", "common"),
+            ("notebook", "client", "client-r", "common", "lab"),
             "Curated image for notebooks and jobs: Python, R, Spark, Ray, JupyterLab.",
         ),
     }
