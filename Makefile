@@ -38,7 +38,9 @@ $(ASSETS): package.json package-lock.json
 	mkdir -p dockyard/web/static/vendor
 	cp node_modules/bootstrap/dist/css/bootstrap.min.css \
 	   node_modules/bootstrap/dist/js/bootstrap.bundle.min.js \
-	   node_modules/htmx.org/dist/htmx.min.js dockyard/web/static/vendor/
+	   node_modules/htmx.org/dist/htmx.min.js \
+	   node_modules/cytoscape/dist/cytoscape.min.js \
+	   node_modules/cytoscape-dagre/dist/cytoscape-dagre.min.js dockyard/web/static/vendor/
 	touch $@
 
 images: install

@@ -1,5 +1,6 @@
-"""`dockyard jobs …`: submit runs (commands and notebooks), list, follow and cancel them
-through the REST API.
+"""`dockyard jobs …`: submit runs (commands and notebooks), list, follow and cancel them;
+job definitions with their triggers (create, pause, resume, backfill), through the REST
+API.
 
 These are client commands: they talk to a running Dockyard at ``DOCKYARD_URL`` with the
 token in ``DOCKYARD_TOKEN`` (inside a job both are already set), like any API client.
@@ -297,3 +298,281 @@ def _follow(api: Api, run_id: int) -> int:
                 0 if run["status"] == "SUCCEEDED" else 1)
         if not chunk["text"]:
             time.sleep(1)
+
+
+# -- definitions and their triggers ---------------------------------------------------------
+AFTER_OUTCOMES = ("succeeded", "failed", "finished")
+
+
+@jobs.group()
+def definitions() -> None:
+    """Job definitions: named recipes for runs, and what starts them by themselves
+    (a schedule, another definition's runs, new data)."""
+
+
+@definitions.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+@click.pass_obj
+def list_definitions(api: Api, as_json: bool) -> None:
+    """Your job definitions (admins: everyone's), with their triggers."""
+    found = api.call("GET", "/definitions")["definitions"]
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    click.echo(f"{'ID':>6}  {'NAME':<24} {'KIND':<8} {'NEXT RUN (UTC)':<19}  TRIGGERS")
+    for definition in found:
+        next_runs = definition.get("next_runs") or []
+        upcoming = next_runs[0][:19].replace("T", " ") if next_runs else (
+            "paused" if definition.get("paused") else "")
+        said = "; ".join(_trigger_words(definition)) or "launched by hand"
+        click.echo(f"{definition['id']:>6}  {definition['name']:<24} "
+                   f"{definition.get('kind', 'command'):<8} {upcoming:<19}  {said}")
+
+
+@definitions.command("show")
+@click.argument("definition_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+@click.pass_obj
+def show_definition(api: Api, definition_id: int, as_json: bool) -> None:
+    """One definition: what it runs, its triggers and next fire times, recent fires and
+    backfills."""
+    definition = api.call("GET", f"/definitions/{definition_id}")
+    fires = api.call("GET", f"/definitions/{definition_id}/fires",
+                     params={"limit": 10})["fires"]
+    backfills = _backfill_list(api.call("GET", f"/definitions/{definition_id}/backfills"))
+    if as_json:
+        click.echo(json.dumps({**definition, "fires": fires, "backfills": backfills},
+                              indent=2))
+        return
+    click.echo(f"#{definition['id']} {definition['name']} (by {definition['owner']})")
+    if definition.get("description"):
+        click.echo(definition["description"])
+    if definition.get("kind") == "notebook" and definition.get("notebook"):
+        notebook = definition["notebook"]
+        click.echo(f"notebook: {notebook.get('name')}"
+                   + (f" ({notebook['path']} in your home)" if notebook.get("path") else ""))
+        for name, value in (notebook.get("parameters") or {}).items():
+            click.echo(f"  -p {name}={value}")
+    else:
+        command = definition["command"]
+        click.echo(f"command:  {command if isinstance(command, str) else json.dumps(command)}")
+    click.echo(f"image:    {definition['image'] or '(none: a local process)'}")
+    said = _trigger_words(definition)
+    click.echo("triggers: " + ("; ".join(said) if said else "none (launched by hand)"))
+    if definition.get("paused"):
+        click.echo("paused:   no trigger fires until it is resumed")
+    for when in definition.get("next_runs") or []:
+        click.echo(f"  next:   {when}")
+    if fires:
+        click.echo("recent fires:")
+        for fire in fires:
+            run = f"run {fire['run_id']}" if fire.get("run_id") else "no run"
+            click.echo(f"  {fire['at'][:19].replace('T', ' ')}  {fire['key']:<40} "
+                       f"{run:<12} {fire['outcome']}")
+    for backfill in backfills:
+        state = "finished" if backfill.get("finished_at") else "running"
+        click.echo(f"backfill {backfill['id']}: {backfill['started']} of "
+                   f"{backfill['items_total']} started, {backfill['active']} active, {state}")
+    click.echo(f"{api.pages}/jobs/definitions/{definition['id']}")
+
+
+def _backfill_list(answer: Any) -> list[dict[str, Any]]:
+    return answer["backfills"] if isinstance(answer, dict) else list(answer or [])
+
+
+def _trigger_words(definition: dict[str, Any]) -> list[str]:
+    from dockyard.web.trigger_words import describe_after, describe_on_batch, describe_schedule
+
+    said = []
+    if definition.get("schedule"):
+        said.append(describe_schedule(definition["schedule"]))
+    if definition.get("after"):
+        said.append(describe_after(definition["after"]))
+    if definition.get("on_batch"):
+        said.append(describe_on_batch(definition["on_batch"]))
+    return said
+
+
+@definitions.command("create")
+@click.argument("name")
+@click.argument("command", nargs=-1)
+@click.option("--command", "shell_command", metavar="TEXT",
+              help="A shell command, run by the container's sh (or give COMMAND after --, "
+              "run as is).")
+@click.option("--notebook", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Make it a notebook definition: this local notebook, kept as a snapshot.")
+@click.option("--home-path", metavar="PATH", help="A notebook definition from a notebook in "
+              "your home, e.g. work/etl.ipynb (snapshot taken now).")
+@click.option("-p", "--parameter", "parameters", multiple=True, metavar="NAME=VALUE",
+              help="A notebook definition's parameter (typed as papermill's -p). Repeat.")
+@click.option("--description", default="")
+@click.option("--image", help="Image from the catalog (enabled for jobs).")
+@click.option("--pool", help="Job pool its runs go to (default: 'default').")
+@click.option("--cpu", type=float)
+@click.option("--memory", "memory_mb", type=int, help="Memory limit in MB.")
+@click.option("--timeout", "timeout_seconds", type=int, help="Seconds before a run is stopped.")
+@click.option("--retries", "max_retries", type=int, help="Automatic retries after a failure.")
+@click.option("-e", "--env", "env", multiple=True, metavar="NAME=VALUE")
+@click.option("-t", "--tag", "tags", multiple=True)
+@click.option("--cron", help="Run on a schedule, e.g. '0 6 * * MON-FRI'.")
+@click.option("--timezone", help="The schedule's IANA time zone (default UTC).")
+@click.option("--concurrency", type=click.Choice(["allow", "forbid", "replace"]),
+              help="A tick while a run is still active: allow, forbid (skip), replace.")
+@click.option("--missed", type=click.Choice(["skip", "run_once"]),
+              help="Ticks missed while Dockyard was down: skip, or run once.")
+@click.option("--paused", is_flag=True, help="Save the schedule paused.")
+@click.option("--after", metavar="ID[:succeeded|failed|finished]",
+              help="Run after each run of definition ID ends (succeeded unless said).")
+@click.option("--on-batch", metavar="NAMESPACE/TABLE",
+              help="Run on each new batch committed to this table.")
+@click.option("--partition", "partitions", multiple=True, metavar="KEY=PATTERN",
+              help="With --on-batch: only partitions whose KEY matches PATTERN. Repeat.")
+@click.pass_obj
+def create_definition(api: Api, name: str, command: tuple[str, ...], shell_command: str | None,
+                      notebook: Path | None, home_path: str | None,
+                      parameters: tuple[str, ...], env: tuple[str, ...],
+                      tags: tuple[str, ...], cron: str | None, timezone: str | None,
+                      concurrency: str | None, missed: str | None, paused: bool,
+                      after: str | None, on_batch: str | None, partitions: tuple[str, ...],
+                      **fields: Any) -> None:
+    """Create a definition, with its triggers:
+
+    \b
+        dockyard jobs definitions create nightly --image dockyard/notebook:latest \\
+            --command 'python report.py' --cron '0 6 * * MON-FRI' --timezone Europe/Berlin
+        dockyard jobs definitions create load --notebook load.ipynb -p day=today \\
+            --on-batch sales/orders --partition 'date=2024-*'
+        dockyard jobs definitions create publish --after 7:succeeded -- python publish.py
+    """
+    sources = [given for given in (command or None, shell_command, notebook, home_path)
+               if given]
+    if len(sources) != 1:
+        raise click.UsageError("give one of COMMAND (after --), --command, --notebook or "
+                               "--home-path")
+    if parameters and not (notebook or home_path):
+        raise click.UsageError("-p is for notebook definitions (--notebook or --home-path)")
+    if partitions and not on_batch:
+        raise click.UsageError("--partition goes with --on-batch NAMESPACE/TABLE")
+    body: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
+    body["name"] = name
+    if command:
+        body["command"] = list(command)
+    elif shell_command:
+        body["command"] = shell_command
+    if parameters:
+        body["parameters"] = _notebook_parameters(parameters)
+    if env:
+        body["env"] = _env_pairs(env)
+    if tags:
+        body["tags"] = list(tags)
+    if cron is not None:
+        body["schedule"] = {"cron": cron, **{key: value for key, value in (
+            ("timezone", timezone), ("concurrency", concurrency), ("missed", missed))
+            if value is not None}}
+    elif timezone or concurrency or missed:
+        raise click.UsageError("--timezone, --concurrency and --missed go with --cron")
+    if paused:
+        body["paused"] = True
+    if after is not None:
+        body["after"] = _after_option(after)
+    if on_batch is not None:
+        body["on_batch"] = _on_batch_option(on_batch, partitions)
+    if home_path is not None:
+        body["notebook"] = {"path": home_path}
+    if notebook is not None:
+        form = {key: json.dumps(value) if isinstance(value, dict | list | bool) else str(value)
+                for key, value in body.items()}
+        with notebook.open("rb") as content:
+            definition = api.call("POST", "/definitions", data=form, files={
+                "notebook": (notebook.name, content, "application/x-ipynb+json")})
+    else:
+        definition = api.call("POST", "/definitions", json=body)
+    click.echo(f"Definition {definition['id']} {definition['name']} created.")
+    for said in _trigger_words(definition):
+        click.echo(f"  runs {said}")
+    for when in (definition.get("next_runs") or [])[:1]:
+        click.echo(f"  first run at {when}")
+    click.echo(f"{api.pages}/jobs/definitions/{definition['id']}")
+
+
+def _after_option(text: str) -> dict[str, Any]:
+    """``--after 7`` or ``--after 7:failed``."""
+    number, _, outcome = text.partition(":")
+    if not (number.isascii() and number.isdigit()):
+        raise click.UsageError(f"--after {text!r}: give a definition id, e.g. 7 or "
+                               "7:succeeded")
+    outcome = outcome or "succeeded"
+    if outcome not in AFTER_OUTCOMES:
+        raise click.UsageError(f"--after {text!r}: after ':' one of "
+                               + ", ".join(AFTER_OUTCOMES))
+    return {"definition_id": int(number), "on": outcome}
+
+
+def _on_batch_option(text: str, partitions: tuple[str, ...]) -> dict[str, Any]:
+    namespace, sep, table = text.partition("/")
+    if not sep or not namespace or not table or "/" in table:
+        raise click.UsageError(f"--on-batch {text!r}: write NAMESPACE/TABLE, e.g. sales/orders")
+    return {"namespace": namespace, "table": table,
+            "partition": _partition_patterns(partitions, "--partition")}
+
+
+def _partition_patterns(items: tuple[str, ...], option: str) -> dict[str, str]:
+    patterns = {}
+    for item in items:
+        key, sep, pattern = item.partition("=")
+        if not sep or not key:
+            raise click.UsageError(f"{option} {item!r}: write KEY=PATTERN, e.g. date=2024-*")
+        patterns[key] = pattern
+    return patterns
+
+
+@definitions.command("pause")
+@click.argument("definition_id", type=int)
+@click.pass_obj
+def pause_definition(api: Api, definition_id: int) -> None:
+    """Stop a definition's triggers from firing until it is resumed."""
+    definition = api.call("POST", f"/definitions/{definition_id}/pause")
+    click.echo(f"Definition {definition['id']} {definition['name']} paused.")
+
+
+@definitions.command("resume")
+@click.argument("definition_id", type=int)
+@click.pass_obj
+def resume_definition(api: Api, definition_id: int) -> None:
+    """Let a paused definition's triggers fire again (a schedule from its next tick on)."""
+    definition = api.call("POST", f"/definitions/{definition_id}/resume")
+    next_runs = definition.get("next_runs") or []
+    click.echo(f"Definition {definition['id']} {definition['name']} resumed"
+               + (f"; next run at {next_runs[0]}." if next_runs else "."))
+
+
+@definitions.command("backfill")
+@click.argument("definition_id", type=int)
+@click.option("--partition", "partitions", multiple=True, metavar="KEY=PATTERN",
+              help="Each existing partition of the on-batch table whose KEY matches "
+              "PATTERN (repeat; none given with no dates: every partition).")
+@click.option("--from", "from_day", metavar="YYYY-MM-DD",
+              help="A scheduled definition: each day from this one …")
+@click.option("--to", "to_day", metavar="YYYY-MM-DD", help="… to this one, included.")
+@click.option("--max-parallel", type=int, help="Runs active at once (default 2, at most 20).")
+@click.pass_obj
+def backfill(api: Api, definition_id: int, partitions: tuple[str, ...], from_day: str | None,
+             to_day: str | None, max_parallel: int | None) -> None:
+    """Run a definition for the past: each existing partition that matches, or each day
+    of a range, a few at a time.
+
+    \b
+        dockyard jobs definitions backfill 4 --partition 'date=2024-01-*' --max-parallel 4
+        dockyard jobs definitions backfill 5 --from 2024-01-01 --to 2024-01-31
+    """
+    body: dict[str, Any] = {}
+    if partitions or not (from_day or to_day):
+        body["partition"] = _partition_patterns(partitions, "--partition")
+    for key, value in (("from", from_day), ("to", to_day), ("max_parallel", max_parallel)):
+        if value is not None:
+            body[key] = value
+    started = api.call("POST", f"/definitions/{definition_id}/backfills", json=body)
+    click.echo(f"Backfill {started['id']} of definition {definition_id}: "
+               f"{started['items_total']} runs, at most "
+               f"{max_parallel if max_parallel is not None else 2} at a time.")
+    click.echo(f"{api.pages}/jobs/definitions/{definition_id}#backfills")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import date
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
@@ -129,14 +130,6 @@ class JobFieldsIn(BaseModel):
         return _check_tags(value)
 
 
-class DefinitionIn(JobFieldsIn):
-    """A job definition: a named, reusable recipe for runs."""
-
-    name: str = Field(..., pattern=DEFINITION_NAME, description="Unique among your definitions.")
-    description: str = Field("", max_length=4000)
-    command: Command = Field(...)
-
-
 class NotebookIn(BaseModel):
     """A notebook in the owner's home, to run as a notebook job."""
 
@@ -144,6 +137,86 @@ class NotebookIn(BaseModel):
 
     path: str = Field(..., min_length=1, max_length=1024,
                       description="Relative to your home (e.g. work/etl.ipynb).")
+
+
+NotebookParameters = dict[str, str | int | float | bool | None]
+
+
+class ScheduleIn(BaseModel):
+    """When a definition runs by itself: a cron in a time zone, and what to do about
+    overlaps and missed ticks. The cron and zone are checked by dockyard.jobs.schedules."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str = Field(..., max_length=200, description="Five cron fields (minute hour "
+                      "day-of-month month day-of-week), e.g. '0 6 * * MON-FRI', or @daily, "
+                      "@hourly …")
+    timezone: str = Field("UTC", max_length=64, description="IANA time zone the cron is "
+                          "read in, e.g. Europe/Berlin.")
+    concurrency: Literal["allow", "forbid", "replace"] = Field(
+        "allow", description="When a tick comes while a run it started is still active: "
+        "allow another, forbid (skip the tick), or replace (cancel the active run).")
+    missed: Literal["skip", "run_once"] = Field(
+        "skip", description="Ticks missed while the worker was down: skip them, or run "
+        "once for all of them.")
+
+
+class AfterIn(BaseModel):
+    """Run after each run of another of your definitions ends."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    definition_id: int = Field(..., ge=1, le=MAX_ID, description="The upstream definition.")
+    on: Literal["succeeded", "failed", "finished"] = Field(
+        "succeeded", description="Which outcome of the upstream run fires this one "
+        "(finished: any).")
+
+
+class OnBatchIn(BaseModel):
+    """Run on each new batch committed to a table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: str = Field(..., min_length=1, max_length=128)
+    table: str = Field(..., min_length=1, max_length=128)
+    partition: dict[str, str] = Field(
+        default_factory=dict, description="Partition key → exact value or fnmatch pattern "
+        "(e.g. {\"date\": \"2024-*\"}); keys left out match anything.")
+
+
+class DefinitionIn(JobFieldsIn):
+    """A job definition: a named, reusable recipe for runs, and what starts them."""
+
+    name: str = Field(..., pattern=DEFINITION_NAME, description="Unique among your definitions.")
+    description: str = Field("", max_length=4000)
+    command: Command | None = Field(None, description="Required unless it is a notebook "
+                                    "definition.")
+    notebook: NotebookIn | None = Field(
+        None, description="Make it a notebook definition: a notebook in your home (or "
+        "upload one as multipart/form-data, file part 'notebook'); Dockyard keeps a "
+        "snapshot as it is now, and every run of the definition runs that snapshot. "
+        "Left out on a notebook definition's update: its snapshot stays.")
+    parameters: NotebookParameters | None = Field(
+        None, description="A notebook definition's parameters, given to each of its runs.")
+    schedule: ScheduleIn | None = Field(None, description="Run on a schedule.")
+    paused: bool = Field(False, description="A paused definition's schedule does not fire.")
+    after: AfterIn | None = Field(None, description="Run after another definition's runs.")
+    on_batch: OnBatchIn | None = Field(None, description="Run on each new batch of a table.")
+
+
+class BackfillIn(BaseModel):
+    """Runs for the past: every existing partition of the on_batch table that matches
+    ``partition``, or, for a scheduled definition, every day from ``from`` to ``to``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    partition: dict[str, str] | None = Field(
+        None, description="Partition key → exact value or fnmatch pattern; {} for every "
+        "partition of the table.")
+    from_: date | None = Field(None, alias="from", description="First day (YYYY-MM-DD).")
+    to: date | None = Field(None, description="Last day, included.")
+    max_parallel: int = Field(2, ge=1, le=20, description="Runs of the backfill active at "
+                              "once.")
 
 
 class RunIn(JobFieldsIn):
@@ -154,7 +227,7 @@ class RunIn(JobFieldsIn):
     notebook: NotebookIn | None = Field(
         None, description="Run a notebook from your home instead of a command (or upload "
         "one: send the request as multipart/form-data with a file part 'notebook').")
-    parameters: dict[str, str | int | float | bool | None] | None = Field(
+    parameters: NotebookParameters | None = Field(
         None, description="A notebook run's parameters, injected by papermill into its "
         "cell tagged 'parameters' (or a new first cell).")
 
@@ -195,6 +268,10 @@ class JobLimits:
     max_notebook_bytes: int = 20 * 1024 * 1024
     #: Which job pools exist and who may use them.
     pools: PoolPolicy = field(default_factory=PoolPolicy)
+    #: The smallest gap between two fire times of a schedule.
+    schedule_min_seconds: int = 60
+    #: Most items (runs) of one backfill.
+    backfill_max_items: int = 1000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobLimits:
@@ -206,6 +283,8 @@ class JobLimits:
             page_size_max=settings.api_page_size_max,
             max_notebook_bytes=settings.notebook_job_max_mb * 1024 * 1024,
             pools=PoolPolicy.from_settings(settings),
+            schedule_min_seconds=settings.schedule_min_seconds,
+            backfill_max_items=settings.backfill_max_items,
         )
 
     def check(self, fields: dict[str, Any]) -> list[FieldProblem]:

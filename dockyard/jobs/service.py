@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal, Protocol
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -20,18 +22,32 @@ from sqlalchemy.orm import Session, selectinload
 
 from dockyard.errors import Conflict, NotFound
 from dockyard.images.catalog import ImageNotAllowed, default_image, resolve_image, usable_images
-from dockyard.jobs import notebooks
+from dockyard.jobs import notebooks, schedules
 from dockyard.jobs.artifacts import ArtifactStore
 from dockyard.jobs.notebooks import HomeFileMissing, HomeFiles, NotebookFile
-from dockyard.jobs.schemas import DefinitionIn, FieldProblem, InvalidJob, JobLimits, RunIn
+from dockyard.jobs.pools import PoolPolicy
+from dockyard.jobs.schemas import (
+    BackfillIn,
+    DefinitionIn,
+    FieldProblem,
+    InvalidJob,
+    JobLimits,
+    RunIn,
+)
 from dockyard.models import (
     FINAL_STATES,
+    Backfill,
+    Batch,
+    DataTable,
     JobDefinition,
+    PartitionPointer,
     Run,
     RunEvent,
     RunKind,
     RunState,
     RunTag,
+    TriggerFire,
+    utcnow,
 )
 from dockyard.settings.job_pools import DEFAULT_POOL
 
@@ -130,9 +146,14 @@ def _check_pool(limits: JobLimits, pool: str, caller: Caller) -> list[FieldProbl
     return [FieldProblem("pool", problem)] if problem else []
 
 
-def _definition_values(body: DefinitionIn, limits: JobLimits, session: Session,
-                       caller: Caller) -> dict[str, Any]:
-    values = body.model_dump()
+def _definition_values(session: Session, caller: Caller, body: DefinitionIn, limits: JobLimits,
+                       current: JobDefinition | None, upload: NotebookFile | None,
+                       homes: HomeFiles | None) -> tuple[dict[str, Any], _NotebookRun | None]:
+    """The definition's columns from ``body``, checked; and the notebook whose snapshot is
+    still to be kept (None: a command definition, or a notebook definition keeping its
+    snapshot). Raises InvalidJob with every problem found."""
+    values = body.model_dump(exclude={"notebook", "parameters", "schedule", "paused", "after",
+                                      "on_batch"})
     values["pool"] = values["pool"] or DEFAULT_POOL
     values["cpu"] = values["cpu"] if values["cpu"] is not None else min(DEFAULT_CPU, limits.max_cpu)
     if values["memory_mb"] is None:
@@ -141,29 +162,194 @@ def _definition_values(body: DefinitionIn, limits: JobLimits, session: Session,
     values["env"] = values["env"] or {}
     values["tags"] = values["tags"] or []
     values["max_retries"] = values["max_retries"] or 0
-    problems = limits.check(values) + _fill_in_image(session, values, limits, "choose an image")
+    problems = _fill_in_image(session, values, limits, "choose an image")
+    snapshot: _NotebookRun | None = None
+    values["kind"], values["notebook"] = RunKind.COMMAND.value, None
+    if upload is not None or body.notebook is not None:
+        snapshot = _notebook_run(session, caller, body, values, limits, problems, upload, homes)
+        values["kind"] = RunKind.NOTEBOOK.value
+    elif current is not None and current.kind == RunKind.NOTEBOOK and body.command is None:
+        # Saving a notebook definition without a new notebook keeps its snapshot (the
+        # form edits its schedule without uploading the notebook again).
+        values["kind"], values["command"] = RunKind.NOTEBOOK.value, list(current.command)
+        values["notebook"] = dict(current.notebook or {})
+        if body.parameters is not None:
+            problems += notebooks.check_parameters(body.parameters)
+            values["notebook"]["parameters"] = body.parameters
+    else:
+        if body.parameters is not None:
+            problems.append(FieldProblem("parameters", "parameters are for notebook "
+                                         "definitions; send a notebook with them"))
+        if not values["command"]:
+            problems.append(FieldProblem("command", "give a command (or a notebook)"))
+    problems += limits.check(values)
     problems += _check_pool(limits, values["pool"], caller)
+    owner = current.owner if current is not None else caller.name
+    problems += _trigger_values(session, owner, body, limits, current, values)
     if problems:
         raise InvalidJob(problems)
-    return values
+    return values, snapshot
 
 
-def create_definition(session: Session, caller: Caller, body: DefinitionIn,
-                      limits: JobLimits) -> JobDefinition:
-    values = _definition_values(body, limits, session, caller)
-    definition = JobDefinition(owner=caller.name, **values)
+def _trigger_values(session: Session, owner: str, body: DefinitionIn, limits: JobLimits,
+                    current: JobDefinition | None, values: dict[str, Any]) -> list[FieldProblem]:
+    """Check the definition's triggers and put them into ``values``."""
+    problems: list[FieldProblem] = []
+    values["schedule"] = None
+    if body.schedule is not None:
+        values["schedule"] = schedules.with_defaults(body.schedule.model_dump())
+        problems += schedules.check_schedule(values["schedule"], limits.schedule_min_seconds)
+    values["paused"] = body.paused
+    values["after"], values["after_definition_id"] = None, None
+    if body.after is not None:
+        problems += _check_after(session, owner, current, body.after.definition_id)
+        values["after"] = body.after.model_dump()
+        values["after_definition_id"] = body.after.definition_id
+    values["on_batch"], values["on_batch_table_id"] = None, None
+    if body.on_batch is not None:
+        table = _find_table(session, body.on_batch.namespace, body.on_batch.table)
+        if table is None:
+            problems.append(FieldProblem("on_batch.table", f"there is no table "
+                                         f"{body.on_batch.namespace}.{body.on_batch.table} "
+                                         "in the data catalog"))
+        else:
+            problems += _check_partition_keys("on_batch.partition", table,
+                                              body.on_batch.partition)
+            values["on_batch_table_id"] = table.id
+        values["on_batch"] = body.on_batch.model_dump()
+    if not problems:
+        values["next_fire_at"] = _next_fire_at(values["schedule"], values["paused"], utcnow())
+    return problems
+
+
+def _find_table(session: Session, namespace: str, name: str) -> DataTable | None:
+    return session.scalar(select(DataTable).where(DataTable.namespace == namespace,
+                                                  DataTable.name == name))
+
+
+def _check_partition_keys(field_name: str, table: DataTable,
+                          partition: dict[str, str]) -> list[FieldProblem]:
+    unknown = [key for key in partition if key not in table.partition_keys]
+    if not unknown:
+        return []
+    keys = ", ".join(table.partition_keys) or "none (it is not partitioned)"
+    return [FieldProblem(field_name, f"{table.namespace}.{table.name} has no partition key "
+                         f"{', '.join(repr(k[:64]) for k in unknown[:5])}; its keys: {keys}")]
+
+
+#: How far an after-chain is followed to find a cycle; longer chains are refused.
+_MAX_AFTER_CHAIN = 1000
+
+
+def _check_after(session: Session, owner: str, current: JobDefinition | None,
+                 upstream_id: int) -> list[FieldProblem]:
+    """The upstream must be one of the owner's definitions, and following the chain of
+    upstreams from it must not lead back to this definition."""
+    upstream = session.get(JobDefinition, upstream_id)
+    if upstream is None or upstream.owner != owner:
+        return [FieldProblem("after.definition_id", f"{owner} has no job definition "
+                             f"#{upstream_id}")]
+    if current is None:
+        return []  # a new definition: nothing runs after it yet, so no cycle
+    chain = [current]
+    step: JobDefinition | None = upstream
+    while step is not None and len(chain) <= _MAX_AFTER_CHAIN:
+        chain.append(step)
+        if step.id == current.id:
+            names = " → ".join(d.name for d in chain)
+            return [FieldProblem("after.definition_id", f"this would make a cycle: {names} "
+                                 "(each would wait for the other)")]
+        step = session.get(JobDefinition, step.after_definition_id) \
+            if step.after_definition_id is not None else None
+    if step is not None:
+        return [FieldProblem("after.definition_id", "the chain of definitions this one "
+                             f"runs after is longer than {_MAX_AFTER_CHAIN}")]
+    return []
+
+
+def _next_fire_at(schedule: dict[str, Any] | None, paused: bool, now: datetime) -> \
+        datetime | None:
+    if schedule is None or paused:
+        return None
+    return schedules.next_fire_time(schedule, now)
+
+
+def next_runs(definition: JobDefinition, now: datetime | None = None,
+              count: int = 5) -> list[datetime]:
+    """The definition's next fire times in UTC ([] when it has no schedule or is paused)."""
+    if definition.schedule is None or definition.paused:
+        return []
+    return schedules.fire_times(definition.schedule, now or utcnow(), count)
+
+
+def _save_definition(session: Session, definition: JobDefinition, values: dict[str, Any],
+                     snapshot: _NotebookRun | None, artifacts: ArtifactStore | None) -> None:
+    if snapshot is not None:
+        if artifacts is None:
+            raise ValueError("a notebook definition needs the artifact store for its snapshot")
+        # Runs made from the definition run this snapshot; it is content-addressed, so the
+        # same notebook saved again costs nothing.
+        values["notebook"] = {**snapshot.record,
+                              "sha256": artifacts.save_snapshot(snapshot.content)}
+    for key, value in values.items():
+        setattr(definition, key, value)
+
+
+def create_definition(session: Session, caller: Caller, body: DefinitionIn, limits: JobLimits,
+                      *, notebook_file: NotebookFile | None = None,
+                      artifacts: ArtifactStore | None = None,
+                      homes: HomeFiles | None = None) -> JobDefinition:
+    """A new definition; a notebook definition comes with ``notebook_file`` (an upload) or
+    ``body.notebook`` (a path in the caller's home), snapshotted to ``artifacts`` now."""
+    values, snapshot = _definition_values(session, caller, body, limits, None, notebook_file,
+                                          homes)
+    definition = JobDefinition(owner=caller.name)
+    _save_definition(session, definition, values, snapshot, artifacts)
     session.add(definition)
     _commit_unique_name(session, body.name)
     return definition
 
 
 def update_definition(session: Session, caller: Caller, definition_id: int, body: DefinitionIn,
-                      limits: JobLimits) -> JobDefinition:
+                      limits: JobLimits, *, notebook_file: NotebookFile | None = None,
+                      artifacts: ArtifactStore | None = None,
+                      homes: HomeFiles | None = None) -> JobDefinition:
+    """Replace a definition's fields and triggers (a notebook definition sent without a
+    notebook keeps its snapshot); the next fire time is computed afresh from now."""
     definition = get_definition(session, caller, definition_id)
-    for key, value in _definition_values(body, limits, session, caller).items():
-        setattr(definition, key, value)
+    values, snapshot = _definition_values(session, caller, body, limits, definition,
+                                          notebook_file, homes)
+    _save_definition(session, definition, values, snapshot, artifacts)
     _commit_unique_name(session, body.name)
     return definition
+
+
+def pause_definition(session: Session, caller: Caller, definition_id: int) -> JobDefinition:
+    """Stop the definition's schedule from firing (its other triggers too) until resumed."""
+    definition = get_definition(session, caller, definition_id)
+    definition.paused = True
+    definition.next_fire_at = None
+    session.commit()
+    return definition
+
+
+def resume_definition(session: Session, caller: Caller, definition_id: int) -> JobDefinition:
+    """Fire again from the next tick after now: ticks passed while paused are not made up."""
+    definition = get_definition(session, caller, definition_id)
+    definition.paused = False
+    definition.next_fire_at = _next_fire_at(definition.schedule, False, utcnow())
+    session.commit()
+    return definition
+
+
+def list_fires(session: Session, caller: Caller, definition_id: int,
+               limit: int = 50) -> list[TriggerFire]:
+    """The definition's recent firings (and skipped ticks), newest first."""
+    definition = get_definition(session, caller, definition_id)
+    return list(session.scalars(
+        select(TriggerFire).where(TriggerFire.definition_id == definition.id)
+        .order_by(TriggerFire.id.desc()).limit(limit)
+    ))
 
 
 def _commit_unique_name(session: Session, name: str) -> None:
@@ -176,8 +362,13 @@ def _commit_unique_name(session: Session, name: str) -> None:
 
 
 def delete_definition(session: Session, caller: Caller, definition_id: int) -> None:
-    """Runs made from it stay (their definition becomes 'ad hoc')."""
+    """Runs made from it stay (their definition becomes 'ad hoc'); definitions that ran
+    after it no longer do."""
     definition = get_definition(session, caller, definition_id)
+    session.execute(
+        update(JobDefinition).where(JobDefinition.after_definition_id == definition.id)
+        .values(after=None, after_definition_id=None).execution_options(synchronize_session=False)
+    )
     session.delete(definition)
     session.commit()
 
@@ -189,7 +380,188 @@ def definition_history(session: Session, definition: JobDefinition, limit: int =
     ))
 
 
+# -- backfills ------------------------------------------------------------------------------
+def create_backfill(session: Session, caller: Caller, definition_id: int,
+                    body: BackfillIn | dict[str, Any], limits: JobLimits) -> Backfill:
+    """Runs of the definition for the past, started a few at a time by the worker: one per
+    existing partition of its on_batch table matching ``partition`` (for that partition's
+    current batch), or, for a scheduled definition, one per day from ``from`` to ``to``
+    (at that day's first tick of the schedule)."""
+    definition = get_definition(session, caller, definition_id)
+    if not isinstance(body, BackfillIn):
+        body = BackfillIn.model_validate(body)
+    by_day = body.from_ is not None or body.to is not None
+    if body.partition is not None and by_day:
+        raise _problem("partition", "give a partition pattern or a range of days, not both")
+    if body.partition is not None:
+        items = _partition_items(session, definition, body.partition, limits)
+    elif by_day:
+        items = _day_items(definition, body, limits)
+    else:
+        raise _problem("partition", "give a partition pattern (for a definition that runs "
+                       "on new data) or a range of days from … to (for a scheduled one)")
+    backfill = Backfill(definition_id=definition.id, owner=definition.owner, items=items,
+                        next_index=0, max_parallel=body.max_parallel)
+    session.add(backfill)
+    session.commit()
+    return backfill
+
+
+def _partition_items(session: Session, definition: JobDefinition, pattern: dict[str, str],
+                     limits: JobLimits) -> list[dict[str, Any]]:
+    on_batch = definition.on_batch
+    if not on_batch:
+        raise _problem("partition", "this definition does not run on new data (on_batch); "
+                       "backfill it by days instead")
+    table = _find_table(session, on_batch["namespace"], on_batch["table"])
+    if table is None:
+        raise _problem("partition", f"the table {on_batch['namespace']}.{on_batch['table']} "
+                       "no longer exists")
+    problems = _check_partition_keys("partition", table, pattern)
+    if problems:
+        raise InvalidJob(problems)
+    current = session.execute(
+        select(PartitionPointer.partition, Batch.batch_id, Batch.partition_values)
+        .join(Batch, Batch.id == PartitionPointer.batch_id)
+        .where(PartitionPointer.table_id == table.id)
+        .order_by(PartitionPointer.partition)
+    )
+    items: list[dict[str, Any]] = []
+    for partition, batch_id, values in current:
+        if _partition_matches(pattern, values or {}):
+            items.append({"namespace": table.namespace, "table": table.name,
+                          "partition": partition, "batch_id": batch_id})
+            if len(items) > limits.backfill_max_items:
+                break
+    name = f"{table.namespace}.{table.name}"
+    if not items:
+        raise _problem("partition", f"no partition of {name} matches")
+    if len(items) > limits.backfill_max_items:
+        raise _problem("partition", f"more than {limits.backfill_max_items} partitions of "
+                       f"{name} match; at most {limits.backfill_max_items} runs per backfill "
+                       "(DOCKYARD_BACKFILL_MAX_ITEMS): narrow the pattern")
+    return items
+
+
+def _partition_matches(pattern: dict[str, str], values: dict[str, Any]) -> bool:
+    """Each key of the pattern is the exact value or matches it as an fnmatch pattern."""
+    for key, wanted in pattern.items():
+        if key not in values:
+            return False
+        value = str(values[key])
+        if value != wanted and not fnmatch.fnmatchcase(value, wanted):
+            return False
+    return True
+
+
+def _day_items(definition: JobDefinition, body: BackfillIn,
+               limits: JobLimits) -> list[dict[str, Any]]:
+    if not definition.schedule:
+        raise _problem("from", "this definition has no schedule; backfill it by partitions "
+                       "instead")
+    if body.from_ is None or body.to is None:
+        raise _problem("to" if body.from_ is not None else "from",
+                       "give both from and to (days, YYYY-MM-DD)")
+    if body.to < body.from_:
+        raise _problem("to", "the last day is before the first")
+    days = (body.to - body.from_).days + 1
+    if days > limits.backfill_max_items:
+        raise _problem("to", f"{days} days; at most {limits.backfill_max_items} runs per "
+                       "backfill (DOCKYARD_BACKFILL_MAX_ITEMS)")
+    zone = ZoneInfo(schedules.with_defaults(definition.schedule)["timezone"])
+    items: list[dict[str, Any]] = []
+    for offset in range(days):
+        tick = _first_tick_of(definition.schedule, body.from_ + timedelta(days=offset), zone)
+        if tick is not None:
+            items.append({"tick": tick.isoformat()})
+    if not items:
+        raise _problem("from", "the schedule does not fire on any of these days")
+    return items
+
+
+def _first_tick_of(schedule: dict[str, Any], day: date, zone: ZoneInfo) -> datetime | None:
+    """The schedule's first fire time on ``day`` in its time zone (None: none that day)."""
+    start = datetime.combine(day, time(0), tzinfo=zone)
+    end = datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone)
+    tick = schedules.next_fire_time(schedule, start.astimezone(UTC) - timedelta(microseconds=1))
+    return tick if tick is not None and tick < end.astimezone(UTC) else None
+
+
+def list_backfills(session: Session, caller: Caller, definition_id: int) -> list[Backfill]:
+    definition = get_definition(session, caller, definition_id)
+    return list(session.scalars(
+        select(Backfill).where(Backfill.definition_id == definition.id)
+        .order_by(Backfill.id.desc())
+    ))
+
+
+def backfill_active(session: Session, backfill: Backfill) -> int:
+    """How many of the backfill's runs are still queued or running."""
+    return session.scalar(
+        select(func.count()).select_from(TriggerFire)
+        .join(Run, Run.id == TriggerFire.run_id)
+        .where(TriggerFire.definition_id == backfill.definition_id,
+               TriggerFire.key.like(f"backfill:{backfill.id}:%"),
+               Run.status.not_in(FINAL_STATES))
+    ) or 0
+
+
 # -- runs ----------------------------------------------------------------------------------
+class _Owner:
+    """A definition's owner as the pool policy sees them when no one is asking (a trigger):
+    not an admin, so a pool that lists its users must list them."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.admin = False
+
+
+def run_from_definition(session: Session, definition: JobDefinition, *,
+                        trigger: dict[str, Any] | None, actor: str, reason: str,
+                        pools: PoolPolicy | None = None) -> Run:
+    """Queue a run of ``definition`` as it is now (a notebook definition's runs run its
+    snapshot), recording ``trigger``. When its image or pool may no longer be used, the
+    run is made already FAILED with the reason, so the firing is visible. The caller
+    commits. Without ``pools`` the pool is not checked."""
+    problems = _check_image(session, definition.image)
+    if pools is not None:
+        if not definition.image and pools.needs_image(definition.pool):
+            problems.append(FieldProblem("image", f"pool '{definition.pool}' needs an image"))
+        problem = pools.problem(definition.pool, _Owner(definition.owner))
+        if problem:
+            problems.append(FieldProblem("pool", problem))
+    values = {key: getattr(definition, key) for key in RUN_FIELDS}
+    run = _new_run(definition.owner, definition, values, definition.tags, actor=actor,
+                   reason=reason, kind=definition.kind, notebook=definition.notebook,
+                   trigger=trigger)
+    if problems:
+        now = utcnow()
+        why = "; ".join(f"{p.field}: {p.message}" for p in problems)
+        run.status = RunState.FAILED
+        run.finished_at = now
+        run.reason = f"could not start: {why}"
+        run.events.append(RunEvent(from_status=RunState.QUEUED.value,
+                                   to_status=RunState.FAILED.value, actor=actor,
+                                   reason=run.reason, at=now))
+    session.add(run)
+    session.flush()
+    return run
+
+
+def _new_run(owner: str, definition: JobDefinition | None, values: dict[str, Any],
+             tags: list[str], *, actor: str, reason: str, kind: str,
+             notebook: dict[str, Any] | None, trigger: dict[str, Any] | None) -> Run:
+    """A queued first attempt with its first event: what every way of starting a run
+    makes."""
+    run = Run(owner=owner, definition_id=definition.id if definition else None,
+              **{key: values[key] for key in RUN_FIELDS}, attempt=1, status=RunState.QUEUED,
+              kind=kind, notebook=notebook, trigger=trigger)
+    run.tags = [RunTag(tag=tag) for tag in tags]
+    run.events = [RunEvent(from_status=None, to_status=RunState.QUEUED.value, actor=actor,
+                           reason=reason)]
+    return run
+
+
 def get_run(session: Session, caller: Caller, run_id: int) -> Run:
     run = session.get(Run, run_id)
     if run is None or not (caller.admin or run.owner == caller.name):
@@ -227,9 +599,12 @@ def create_run(session: Session, caller: Caller, body: RunIn, limits: JobLimits,
     values.update(given)
     problems += _fill_in_image(session, values, limits, "choose an image (or a definition)")
     notebook: _NotebookRun | None = None
+    inherited: dict[str, Any] | None = None
     if notebook_file is not None or body.notebook is not None:
         notebook = _notebook_run(session, caller, body, values, limits, problems,
                                  notebook_file, homes)
+    elif definition is not None and definition.kind == RunKind.NOTEBOOK:
+        inherited = _definition_notebook(definition, body, problems)
     elif body.parameters is not None:
         problems.append(FieldProblem("parameters", "parameters are for notebook runs; send "
                                      "a notebook with them"))
@@ -240,19 +615,17 @@ def create_run(session: Session, caller: Caller, body: RunIn, limits: JobLimits,
     if problems:
         raise InvalidJob(problems)
     reason = f"submitted by run #{caller.run_id}" if caller.run_id else "submitted"
-    run = Run(
-        owner=caller.name, definition_id=definition.id if definition else None,
-        **{key: values[key] for key in RUN_FIELDS}, attempt=1, status=RunState.QUEUED,
-    )
+    kind, record = RunKind.COMMAND.value, None
     if notebook is not None:
         if artifacts is None:
             raise ValueError("a notebook run needs the artifact store for its snapshot")
         # The snapshot is written before the run exists: a run never points at nothing.
-        run.kind = RunKind.NOTEBOOK
-        run.notebook = {**notebook.record, "sha256": artifacts.save_snapshot(notebook.content)}
-    run.tags = [RunTag(tag=tag) for tag in values["tags"]]
-    run.events = [RunEvent(from_status=None, to_status=RunState.QUEUED.value, actor=caller.name,
-                           reason=reason)]
+        kind = RunKind.NOTEBOOK.value
+        record = {**notebook.record, "sha256": artifacts.save_snapshot(notebook.content)}
+    elif inherited is not None:
+        kind, record = RunKind.NOTEBOOK.value, inherited
+    run = _new_run(caller.name, definition, values, values["tags"], actor=caller.name,
+                   reason=reason, kind=kind, notebook=record, trigger=None)
     session.add(run)
     session.commit()
     return run
@@ -265,10 +638,26 @@ class _NotebookRun:
     record: dict[str, Any]
 
 
-def _notebook_run(session: Session, caller: Caller, body: RunIn, values: dict[str, Any],
+def _definition_notebook(definition: JobDefinition, body: RunIn,
+                         problems: list[FieldProblem]) -> dict[str, Any]:
+    """A run of a notebook definition runs the definition's snapshot, with the request's
+    parameters over the definition's."""
+    if "command" in body.model_fields_set and body.command is not None:
+        problems.append(FieldProblem("command", f"definition '{definition.name}' runs a "
+                                     "notebook; its command is Dockyard's own"))
+    record = dict(definition.notebook or {})
+    if body.parameters is not None:
+        problems += notebooks.check_parameters(body.parameters)
+        record["parameters"] = {**(record.get("parameters") or {}), **body.parameters}
+    return record
+
+
+def _notebook_run(session: Session, caller: Caller, body: RunIn | DefinitionIn,
+                  values: dict[str, Any],
                   limits: JobLimits, problems: list[FieldProblem],
                   upload: NotebookFile | None, homes: HomeFiles | None) -> _NotebookRun | None:
-    """Check a notebook run's notebook, parameters and image; make its command Dockyard's.
+    """Check a notebook run's (or definition's) notebook, parameters and image; make its
+    command Dockyard's.
     Problems are added to ``problems``; None when the notebook could not be read."""
     if "command" in body.model_fields_set and body.command is not None:
         problems.append(FieldProblem("command", "a notebook run's command is Dockyard's own "

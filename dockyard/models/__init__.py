@@ -14,17 +14,21 @@ from dockyard.models.catalog import (
 from dockyard.models.images import CuratedImageSeed, Image, ImageEvent, ImageStatus
 from dockyard.models.jobs import (
     FINAL_STATES,
+    Backfill,
     JobDefinition,
     Run,
     RunEvent,
     RunKind,
     RunState,
     RunTag,
+    TriggerCursor,
+    TriggerFire,
 )
 
 __all__ = [
     "FINAL_STATES",
     "MAX_ID",
+    "Backfill",
     "Base",
     "Batch",
     "BatchRead",
@@ -44,5 +48,7 @@ __all__ = [
     "RunKind",
     "RunState",
     "RunTag",
+    "TriggerCursor",
+    "TriggerFire",
     "utcnow",
 ]

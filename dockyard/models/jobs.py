@@ -6,8 +6,18 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Enum, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Enum,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.sql import false
 
 from dockyard.models.base import Base, utcnow
 
@@ -55,6 +65,31 @@ class JobDefinition(Base):
     timeout_seconds: Mapped[int | None]
     max_retries: Mapped[int] = mapped_column(default=0)
     pool: Mapped[str] = mapped_column(String(64), default="default")
+    #: "command" or "notebook"; runs made from the definition copy it with ``notebook``.
+    kind: Mapped[str] = mapped_column(String(16), default=RunKind.COMMAND,
+                                      server_default=RunKind.COMMAND.value)
+    #: The notebook snapshot taken when the definition was saved (the same record as
+    #: ``Run.notebook``); NULL for a command definition.
+    notebook: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    #: {"cron", "timezone", "concurrency", "missed"}; NULL: not scheduled.
+    schedule: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    paused: Mapped[bool] = mapped_column(default=False, server_default=false())
+    #: The next tick in UTC, kept by the service on save/pause/resume and by the worker
+    #: after each firing; NULL without a schedule or while paused. Indexed: the worker's
+    #: scan for due schedules reads it.
+    next_fire_at: Mapped[datetime | None] = mapped_column(index=True)
+    #: {"definition_id", "on"}: run after a run of another definition ends.
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    #: The same id as ``after["definition_id"]``, as a column so "who follows this
+    #: definition" is an indexed lookup.
+    after_definition_id: Mapped[int | None] = mapped_column(
+        ForeignKey("job_definitions.id", ondelete="SET NULL"), index=True
+    )
+    #: {"namespace", "table", "partition"}: run on each new batch of a table.
+    on_batch: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    on_batch_table_id: Mapped[int | None] = mapped_column(
+        ForeignKey("tables.id", ondelete="SET NULL"), index=True
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -89,6 +124,9 @@ class Run(Base):
     env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     timeout_seconds: Mapped[int | None]
     max_retries: Mapped[int] = mapped_column(default=0)
+    #: What fired the run (a schedule tick, an upstream run, a batch, a backfill item);
+    #: NULL for a run someone started by hand.
+    trigger: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     attempt: Mapped[int] = mapped_column(default=1)
     # The first attempt of a retried run; every attempt keeps its own row.
     retry_of_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), index=True)
@@ -143,3 +181,57 @@ class RunEvent(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
 
     run: Mapped[Run] = relationship(back_populates="events")
+
+
+class TriggerFire(Base):
+    """One firing of a definition's trigger: the unique (definition, key) makes each tick,
+    upstream run, batch or backfill item start at most one run, whoever fires it."""
+
+    __tablename__ = "trigger_fires"
+    __table_args__ = (
+        UniqueConstraint("definition_id", "key"),
+        # A definition's fires, newest first.
+        Index("ix_trigger_fires_definition_id_id", "definition_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    definition_id: Mapped[int] = mapped_column(
+        ForeignKey("job_definitions.id", ondelete="CASCADE")
+    )
+    #: schedule:<tick>, after:<run id>, batch:<batch id>, backfill:<backfill id>:<index>.
+    key: Mapped[str] = mapped_column(String(255))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    #: "started", or "skipped: <why>".
+    outcome: Mapped[str] = mapped_column(String(255), default="started")
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Backfill(Base):
+    """Runs of a definition for a list of past partitions or days, a few at a time."""
+
+    __tablename__ = "backfills"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    definition_id: Mapped[int] = mapped_column(
+        ForeignKey("job_definitions.id", ondelete="CASCADE"), index=True
+    )
+    owner: Mapped[str] = mapped_column(String(64))
+    #: One dict per run to make: a batch's {"namespace", "table", "partition", "batch_id"}
+    #: or a day's {"tick"}.
+    items: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    #: The index of the first item not started yet.
+    next_index: Mapped[int] = mapped_column(default=0)
+    max_parallel: Mapped[int] = mapped_column(default=2)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    cancelled: Mapped[bool] = mapped_column(default=False)
+
+
+class TriggerCursor(Base):
+    """How far the worker has scanned an append-only table for triggers ("after" over
+    run_events, "batches" over pointer_history)."""
+
+    __tablename__ = "trigger_cursors"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, default=0)

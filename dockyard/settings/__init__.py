@@ -266,6 +266,19 @@ class Settings(BaseSettings):
         "a directory or s3://bucket/prefix. Default: DATA_ROOT/_artifacts, so under HOME in "
         "the embedded default and in the S3 data root in production.",
     )
+    schedule_min_seconds: int = Field(
+        60, ge=1, le=86400, description="Smallest gap (seconds) between two fire times of a "
+        "job definition's schedule; a cron firing more often is refused.",
+    )
+    schedule_missed_grace_seconds: int = Field(
+        60, ge=1, le=86400, description="A schedule tick the worker reaches later than this "
+        "(seconds), e.g. after the worker was down, counts as missed and follows the "
+        "definition's `missed` policy (skip, or run once).",
+    )
+    backfill_max_items: int = Field(
+        1000, ge=1, le=100000, description="Most runs (partitions or days) one backfill may "
+        "ask for.",
+    )
     job_stop_grace_seconds: int = Field(
         10, ge=0, le=300, description="Seconds between SIGTERM and SIGKILL when a run is stopped."
     )

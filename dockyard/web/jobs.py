@@ -1,6 +1,7 @@
 """Job pages: the runs list, the launch form (a command or a notebook), a run (with a
-notebook run's files and executed notebook), definitions. Parse, call, render; the rules
-live in dockyard.jobs.service."""
+notebook run's files, executed notebook and what fired it), definitions with their
+triggers, fires and backfills. Parse, call, render; the rules live in
+dockyard.jobs.service."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any
+from zoneinfo import available_timezones
 
 from flask import (
     Blueprint,
@@ -32,12 +35,22 @@ from dockyard.jobs import service
 from dockyard.jobs.artifacts import MEDIA_TYPES, OUTPUT, ArtifactStoreUnavailable
 from dockyard.jobs.notebooks import NotebookFile, parse_parameter_lines
 from dockyard.jobs.run_logs import log_path, read_log
-from dockyard.jobs.schemas import DefinitionIn, FieldProblem, JobLimits, RunIn
+from dockyard.jobs.schemas import BackfillIn, DefinitionIn, FieldProblem, JobLimits, RunIn
 from dockyard.jobs.service import InvalidJob, JobConflict, JobNotFound, RunFilters
-from dockyard.models import FINAL_STATES, MAX_ID, JobDefinition, Run, RunKind, RunState, utcnow
+from dockyard.models import (
+    FINAL_STATES,
+    MAX_ID,
+    Backfill,
+    JobDefinition,
+    Run,
+    RunKind,
+    RunState,
+    utcnow,
+)
 from dockyard.web.auth import User, current_user, page_login_required
 from dockyard.web.context import artifacts, db, homes, settings, write_db
 from dockyard.web.errors import validation_detail
+from dockyard.web.trigger_words import describe_triggers, in_zone, parse_instant
 
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
 
@@ -58,8 +71,26 @@ JOB_FIELDS = ("image", "command", "cpu", "memory_mb", "gpu", "env", "tags", "tim
 #: The notebook form: the job fields but the command (Dockyard's own), and the notebook's.
 NOTEBOOK_FIELDS = (*(name for name in JOB_FIELDS if name != "command"), "notebook_path",
                    "parameters")
-#: Where a problem the service names goes on the form, when not under its first part.
-FORM_FIELD_OF_PROBLEM = {"notebook.path": "notebook_path"}
+#: A definition's triggers, as the definition form names its fields.
+TRIGGER_FIELDS = ("cron", "timezone", "concurrency", "missed", "paused", "after_definition_id",
+                  "after_on", "on_batch_namespace", "on_batch_table", "on_batch_partition")
+#: Where a problem the service names goes on the form, when not under its first part
+#: (the longest name that has a place wins: "on_batch.partition.date" → on_batch_partition).
+FORM_FIELD_OF_PROBLEM = {
+    "notebook.path": "notebook_path",
+    "schedule": "cron", "schedule.cron": "cron", "schedule.timezone": "timezone",
+    "schedule.concurrency": "concurrency", "schedule.missed": "missed",
+    "after": "after_definition_id", "after.definition_id": "after_definition_id",
+    "after.on": "after_on",
+    "on_batch": "on_batch_table", "on_batch.namespace": "on_batch_namespace",
+    "on_batch.table": "on_batch_table", "on_batch.partition": "on_batch_partition",
+}
+SCHEDULE_DEFAULTS = {"timezone": "UTC", "concurrency": "allow", "missed": "skip"}
+#: The time zones the schedule field offers first (any IANA name may be typed).
+COMMON_ZONES = ("UTC", "Europe/London", "Europe/Berlin", "Europe/Paris", "America/New_York",
+                "America/Chicago", "America/Los_Angeles", "Asia/Tokyo", "Asia/Kolkata",
+                "Asia/Singapore", "Australia/Sydney")
+FIRES_SHOWN = 20
 #: What the executed notebook may do in its frame: show itself (inline styles, images
 #: embedded as data: URLs) and nothing more. ``sandbox`` gives it an origin of its own, so
 #: even a script that ran could not reach Dockyard's pages, cookies or API.
@@ -90,6 +121,12 @@ def _format_time(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "—"
 
 
+@bp.app_template_filter("jobs_zone_time")
+def _format_zone_time(value: datetime | None) -> str:
+    """A time on the clocks of its own zone, the zone named."""
+    return value.strftime("%Y-%m-%d %H:%M:%S %Z") if value else "—"
+
+
 @bp.app_template_filter("jobs_duration")
 def _format_duration(run: Run) -> str:
     if run.started_at is None:
@@ -105,7 +142,8 @@ def _format_duration(run: Run) -> str:
 @bp.app_context_processor
 def _job_helpers() -> dict[str, Any]:
     return {"status_badges": STATUS_BADGES, "final_states": FINAL_STATES,
-            "command_text": command_text, "parameter_text": parameter_text}
+            "command_text": command_text, "parameter_text": parameter_text,
+            "describe_triggers": describe_triggers}
 
 
 def parameter_text(value: Any) -> str:
@@ -215,12 +253,76 @@ def _form_values_from(source: Run | JobDefinition) -> dict[str, str]:
         "max_retries": str(source.max_retries),
         "pool": source.pool,
     }
-    if isinstance(source, Run) and source.notebook:
-        values["notebook_path"] = source.notebook.get("path") or ""
+    if source.notebook:
+        if isinstance(source, Run):
+            # A definition's edit form leaves the path empty: saved so, it keeps its
+            # snapshot rather than reading the home file again.
+            values["notebook_path"] = source.notebook.get("path") or ""
         values["parameters"] = "\n".join(
             f"{name}={parameter_text(value)}"
             for name, value in (source.notebook.get("parameters") or {}).items())
+    if isinstance(source, JobDefinition):
+        values.update(_trigger_values(source))
     return values
+
+
+def _trigger_values(definition: JobDefinition) -> dict[str, str]:
+    """A definition's triggers as the definition form shows them."""
+    schedule = definition.schedule or {}
+    after = definition.after or {}
+    on_batch = definition.on_batch or {}
+    return {
+        "cron": schedule.get("cron", ""),
+        "timezone": schedule.get("timezone", SCHEDULE_DEFAULTS["timezone"]),
+        "concurrency": schedule.get("concurrency", SCHEDULE_DEFAULTS["concurrency"]),
+        "missed": schedule.get("missed", SCHEDULE_DEFAULTS["missed"]),
+        "paused": "on" if definition.paused else "",
+        "after_definition_id": str(after.get("definition_id") or ""),
+        "after_on": after.get("on", "succeeded"),
+        "on_batch_namespace": on_batch.get("namespace", ""),
+        "on_batch_table": on_batch.get("table", ""),
+        "on_batch_partition": "\n".join(f"{key}={pattern}" for key, pattern
+                                        in (on_batch.get("partition") or {}).items()),
+    }
+
+
+def _parse_trigger_form(form: Any, data: dict[str, Any], errors: dict[str, str]) -> None:
+    """The definition form's trigger fields into ``data`` as the API would get them;
+    unparseable parts → errors. A trigger whose fields are all empty is none."""
+    cron = (form.get("cron") or "").strip()
+    if cron:
+        data["schedule"] = {"cron": cron, **{
+            name: (form.get(name) or "").strip() or default
+            for name, default in SCHEDULE_DEFAULTS.items()}}
+    data["paused"] = bool(form.get("paused"))
+    after = (form.get("after_definition_id") or "").strip()
+    if after:
+        number = url_number(after)
+        if number is None:
+            errors["after_definition_id"] = "choose one of your definitions"
+        else:
+            data["after"] = {"definition_id": number,
+                             "on": (form.get("after_on") or "succeeded").strip()}
+    namespace = (form.get("on_batch_namespace") or "").strip()
+    table = (form.get("on_batch_table") or "").strip()
+    partition = partition_lines(form.get("on_batch_partition") or "", "on_batch_partition",
+                                errors)
+    if namespace or table or partition:
+        data["on_batch"] = {"namespace": namespace, "table": table, "partition": partition}
+
+
+def partition_lines(text: str, field_name: str, errors: dict[str, str]) -> dict[str, str]:
+    """``key=pattern`` lines (blank lines skipped) as a partition pattern."""
+    found: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        key, sep, pattern = line.partition("=")
+        if not sep or not key.strip():
+            errors[field_name] = f"line {number}: write key=pattern, e.g. date=2024-*"
+            break
+        found[key.strip()] = pattern.strip()
+    return found
 
 
 def _parse_job_form(form: Any, errors: dict[str, str]) -> dict[str, Any]:
@@ -267,7 +369,17 @@ def _field_errors(problems: list[dict[str, Any]] | list[FieldProblem],
     for problem in problems:
         field, message = ((problem.field, problem.message) if isinstance(problem, FieldProblem)
                           else (problem["field"], problem["message"]))
-        errors.setdefault(FORM_FIELD_OF_PROBLEM.get(field) or field.split(".")[0], message)
+        errors.setdefault(form_field_of(field), message)
+
+
+def form_field_of(field: str) -> str:
+    """The form field a problem the service or pydantic names belongs beside."""
+    parts = field.split(".")
+    for end in range(len(parts), 0, -1):
+        found = FORM_FIELD_OF_PROBLEM.get(".".join(parts[:end]))
+        if found:
+            return found
+    return parts[0]
 
 
 def _kind_arg() -> RunKind:
@@ -285,9 +397,13 @@ def launch_form() -> Any:
     # ?definition= from links; ?definition_id= when htmx reloads the form on a change.
     definition_id = request.args.get("definition") or request.args.get("definition_id") or ""
     clone = url_number(request.args.get("clone", ""))
+    definition_notebook: dict[str, Any] | None = None
     if url_number(definition_id) is not None:
         with _found():
-            values.update(_form_values_from(service.get_definition(db(), user, int(definition_id))))
+            definition = service.get_definition(db(), user, int(definition_id))
+        values.update(_form_values_from(definition))
+        if definition.kind == RunKind.NOTEBOOK:
+            definition_notebook = definition.notebook or {}
     elif clone is not None:
         with _found():
             run = service.get_run(db(), user, clone)
@@ -298,7 +414,8 @@ def launch_form() -> Any:
             definition_id = str(run.definition_id)
     if kind == RunKind.NOTEBOOK:
         definition_id = ""  # definitions hold commands
-    return _render_launch(values, {}, definition_id, kind=kind, cloned_notebook=cloned_notebook)
+    return _render_launch(values, {}, definition_id, kind=kind, cloned_notebook=cloned_notebook,
+                          definition_notebook=definition_notebook)
 
 
 def _job_form_choices() -> dict[str, Any]:
@@ -340,6 +457,14 @@ def launch() -> Any:
     if definition_id:
         data["definition_id"] = definition_id
     notebook_file = _notebook_form(data, errors) if kind == RunKind.NOTEBOOK else None
+    definition_notebook = _definition_notebook(definition_id)
+    if definition_notebook is not None:
+        # A notebook definition runs its own snapshot: the form sends its parameters only.
+        data.pop("command", None)
+        try:
+            data["parameters"] = parse_parameter_lines(request.form.get("parameters") or "")
+        except InvalidJob as exc:
+            _field_errors(exc.problems, errors)
     if not errors:
         try:
             body = RunIn.model_validate(data)
@@ -355,13 +480,29 @@ def launch() -> Any:
         values = {key: request.form.get(key, "") for key in NOTEBOOK_FIELDS}
         return _render_launch(values, errors, "", status=422, kind=kind,
                               chosen_file=notebook_file.name if notebook_file else None)
-    values = {key: request.form.get(key, "") for key in JOB_FIELDS}
-    return _render_launch(values, errors, definition_id, status=422)
+    values = {key: request.form.get(key, "") for key in (*JOB_FIELDS, "parameters")}
+    return _render_launch(values, errors, definition_id, status=422,
+                          definition_notebook=definition_notebook)
 
 
-def _notebook_form(data: dict[str, Any], errors: dict[str, str]) -> NotebookFile | None:
+def _definition_notebook(definition_id: str) -> dict[str, Any] | None:
+    """The notebook of the definition chosen on the launch form, when it is a notebook
+    definition (an unknown one is the service's to report)."""
+    number = url_number(definition_id)
+    if number is None:
+        return None
+    try:
+        definition = service.get_definition(db(), _caller(), number)
+    except JobNotFound:
+        return None
+    return (definition.notebook or {}) if definition.kind == RunKind.NOTEBOOK else None
+
+
+def _notebook_form(data: dict[str, Any], errors: dict[str, str],
+                   required: bool = True) -> NotebookFile | None:
     """The notebook form's own fields: the upload (returned) or the home path, and the
-    parameters, into ``data`` as the API would get them; unparseable parts → errors."""
+    parameters, into ``data`` as the API would get them; unparseable parts → errors.
+    ``required``: a notebook must be chosen (not so when a definition keeps its own)."""
     try:
         data["parameters"] = parse_parameter_lines(request.form.get("parameters") or "")
     except InvalidJob as exc:
@@ -371,7 +512,7 @@ def _notebook_form(data: dict[str, Any], errors: dict[str, str]) -> NotebookFile
         data["notebook"] = {"path": path}
     upload = request.files.get("notebook")
     if upload is None or not upload.filename:  # a file input left empty sends no name
-        if not path:
+        if not path and required:
             errors["notebook"] = "choose a notebook to upload, or give its path in your home"
         return None
     return NotebookFile(name=upload.filename, content=upload.read(), source="upload")
@@ -397,7 +538,36 @@ def _run_context(run_id: int) -> dict[str, Any]:
     with _found():
         run = service.get_run(db(), _caller(), run_id)
     return {"run": run, "attempts": service.attempts_of(db(), run),
-            "events": service.events_of(db(), run), "live": run.status not in FINAL_STATES}
+            "events": service.events_of(db(), run), "live": run.status not in FINAL_STATES,
+            "fired_by": fired_by(run)}
+
+
+def fired_by(run: Run) -> dict[str, Any] | None:
+    """What started the run, for its page: the trigger record with its times in UTC and
+    on the schedule's clocks, and the addresses of what it names; None when started by
+    hand."""
+    trigger = run.trigger
+    if not isinstance(trigger, dict) or not trigger.get("kind"):
+        return None
+    schedule = (run.definition.schedule if run.definition is not None else None) or {}
+    zone = schedule.get("timezone") or "UTC"
+    item = (trigger.get("item") or {}) if trigger["kind"] == "backfill" else trigger
+    said: dict[str, Any] = {"kind": trigger["kind"], "zone": zone,
+                            "backfill_id": trigger.get("backfill_id"),
+                            "run_id": trigger.get("run_id"),
+                            "definition_id": trigger.get("definition_id")}
+    tick = parse_instant(item.get("tick")) if item.get("tick") else None
+    if tick is not None:
+        said.update(tick=tick, tick_local=in_zone(tick, zone))
+    if item.get("namespace") and item.get("table"):
+        names = {"namespace": str(item["namespace"]), "name": str(item["table"])}
+        said.update(namespace=names["namespace"], table=names["name"],
+                    partition=item.get("partition") or "", batch_id=item.get("batch_id"),
+                    table_url=url_for("data.table_page", **names))
+        if said["partition"]:
+            said["partition_url"] = url_for("data.partition_page", **names,
+                                            p=said["partition"])
+    return said
 
 
 def _notebook_context(run: Run) -> dict[str, Any]:
@@ -529,22 +699,80 @@ def definitions_page() -> Any:
 def definition_page(definition_id: int) -> Any:
     with _found():
         definition = service.get_definition(db(), _caller(), definition_id)
+    return _render_definition(definition, {}, {})
+
+
+def _render_definition(definition: JobDefinition, backfill_values: dict[str, str],
+                       backfill_errors: dict[str, str], status: int = 200) -> Any:
     history = service.definition_history(db(), definition)
-    return render_template("jobs/definition.html", definition=definition, history=history,
-                           chart=duration_chart(list(reversed(history))))
+    upstream = _upstream_name(definition)
+    return render_template(
+        "jobs/definition.html", definition=definition, history=history,
+        chart=duration_chart(list(reversed(history))),
+        triggers=describe_triggers(definition, upstream), next_fires=_next_fires(definition),
+        fires=service.list_fires(db(), _caller(), definition.id, limit=FIRES_SHOWN),
+        backfills=_backfill_progress(service.list_backfills(db(), _caller(), definition.id)),
+        backfill_values=backfill_values, backfill_errors=backfill_errors,
+    ), status
+
+
+def _upstream_name(definition: JobDefinition) -> str | None:
+    """The name of the definition whose runs this one follows, when the caller sees it."""
+    upstream_id = (definition.after or {}).get("definition_id")
+    if not upstream_id:
+        return None
+    try:
+        return service.get_definition(db(), _caller(), int(upstream_id)).name
+    except JobNotFound:
+        return None
+
+
+def _next_fires(definition: JobDefinition) -> list[dict[str, datetime]]:
+    """The schedule's next 5 ticks, in UTC and on the schedule's clocks; none while paused."""
+    zone = (definition.schedule or {}).get("timezone") or "UTC"
+    return [{"utc": tick, "local": in_zone(tick, zone)}
+            for tick in service.next_runs(definition)]
+
+
+def _backfill_progress(backfills: list[Backfill]) -> list[dict[str, Any]]:
+    """Each backfill with how far it has come: runs in all, started, active now."""
+    return [{"id": b.id, "created_at": b.created_at, "finished_at": b.finished_at,
+             "cancelled": b.cancelled, "max_parallel": b.max_parallel,
+             "items_total": len(b.items), "started": b.next_index,
+             "active": service.backfill_active(db(), b)} for b in backfills]
+
+
+@cache
+def zone_choices() -> list[str]:
+    """What the time zone field suggests: the common zones, then every other one."""
+    others = sorted(available_timezones() - set(COMMON_ZONES))
+    return [*COMMON_ZONES, *others]
 
 
 def _definition_form(definition: JobDefinition | None, values: dict[str, str],
-                     errors: dict[str, str], status: int = 200) -> Any:
-    return render_template("jobs/definition_form.html", definition=definition, values=values,
-                           errors=errors, **_job_form_choices()), status
+                     errors: dict[str, str], status: int = 200, kind: RunKind | None = None,
+                     chosen_file: str | None = None) -> Any:
+    if kind is None:
+        kind = RunKind(definition.kind) if definition is not None else RunKind.COMMAND
+    others = [d for d in service.list_definitions(db(), _caller())
+              if definition is None or d.id != definition.id]
+    return render_template(
+        "jobs/definition_form.html", definition=definition, values=values, errors=errors,
+        kind=kind.value, upstream_choices=others, zones=zone_choices(),
+        notebook_max_mb=settings().notebook_job_max_mb, chosen_file=chosen_file,
+        **_job_form_choices()), status
+
+
+def _new_definition_values() -> dict[str, str]:
+    return {"cpu": "1", "memory_mb": "1024", "gpu": "0", "max_retries": "0",
+            **{name: default for name, default in SCHEDULE_DEFAULTS.items()},
+            "after_on": "succeeded"}
 
 
 @bp.get("/definitions/new")
 @page_login_required
 def new_definition() -> Any:
-    return _definition_form(None, {"cpu": "1", "memory_mb": "1024", "gpu": "0",
-                                   "max_retries": "0"}, {})
+    return _definition_form(None, _new_definition_values(), {}, kind=_kind_arg())
 
 
 @bp.get("/definitions/<int:definition_id>/edit")
@@ -554,7 +782,8 @@ def edit_definition(definition_id: int) -> Any:
         definition = service.get_definition(db(), _caller(), definition_id)
     values = _form_values_from(definition)
     values.update(name=definition.name, description=definition.description)
-    return _definition_form(definition, values, {})
+    kind = _kind_arg() if "kind" in request.args else RunKind(definition.kind)
+    return _definition_form(definition, values, {}, kind=kind)
 
 
 @bp.post("/definitions/new")
@@ -572,18 +801,32 @@ def update_definition(definition_id: int) -> Any:
 
 
 def _save_definition(definition: JobDefinition | None) -> Any:
+    """Both definition forms post here: a command, or (``?kind=notebook``, multipart) a
+    notebook whose snapshot is taken now, each with its triggers."""
     user = _caller()
+    kind = _kind_arg()
     errors: dict[str, str] = {}
     data = _parse_job_form(request.form, errors)
     data["name"] = (request.form.get("name") or "").strip()
     data["description"] = request.form.get("description") or ""
+    _parse_trigger_form(request.form, data, errors)
+    notebook_file = None
+    if kind == RunKind.NOTEBOOK:
+        data.pop("command", None)
+        # Saving again without a new file keeps the notebook the definition holds.
+        keeps = definition is not None and definition.kind == RunKind.NOTEBOOK
+        notebook_file = _notebook_form(data, errors, required=not keeps)
     if not errors:
         try:
             body = DefinitionIn.model_validate(data)
+            notebook = {"notebook_file": notebook_file, "artifacts": artifacts(),
+                        "homes": homes()}
             if definition is None:
-                saved = service.create_definition(write_db(), user, body, _limits())
+                saved = service.create_definition(write_db(), user, body, _limits(),
+                                                  **notebook)
             else:
-                saved = service.update_definition(write_db(), user, definition.id, body, _limits())
+                saved = service.update_definition(write_db(), user, definition.id, body,
+                                                  _limits(), **notebook)
             return redirect(url_for("jobs.definition_page", definition_id=saved.id), code=303)
         except ValidationError as exc:
             _field_errors(validation_detail(exc), errors)
@@ -591,8 +834,65 @@ def _save_definition(definition: JobDefinition | None) -> Any:
             _field_errors(exc.problems, errors)
             if not exc.problems:
                 errors["name"] = str(exc)
-    values = {key: request.form.get(key, "") for key in (*JOB_FIELDS, "name", "description")}
-    return _definition_form(definition, values, errors, status=422)
+    fields = NOTEBOOK_FIELDS if kind == RunKind.NOTEBOOK else JOB_FIELDS
+    values = {key: request.form.get(key, "")
+              for key in (*fields, *TRIGGER_FIELDS, "name", "description")}
+    return _definition_form(definition, values, errors, status=422, kind=kind,
+                            chosen_file=notebook_file.name if notebook_file else None)
+
+
+@bp.post("/definitions/<int:definition_id>/pause")
+@page_login_required
+def pause_definition(definition_id: int) -> Any:
+    with _found():
+        service.pause_definition(write_db(), _caller(), definition_id)
+    flash("Paused: its triggers fire no more until you resume it.", "info")
+    return redirect(url_for("jobs.definition_page", definition_id=definition_id), code=303)
+
+
+@bp.post("/definitions/<int:definition_id>/resume")
+@page_login_required
+def resume_definition(definition_id: int) -> Any:
+    with _found():
+        service.resume_definition(write_db(), _caller(), definition_id)
+    flash("Resumed: its triggers fire again (a schedule from its next tick on; ticks that "
+          "passed while paused are not made up).", "info")
+    return redirect(url_for("jobs.definition_page", definition_id=definition_id), code=303)
+
+
+@bp.post("/definitions/<int:definition_id>/backfills")
+@page_login_required
+def create_backfill(definition_id: int) -> Any:
+    """The backfill form: each existing partition matching a pattern, or each day in a
+    range, a few runs at a time."""
+    with _found():
+        definition = service.get_definition(db(), _caller(), definition_id)
+    form = request.form
+    errors: dict[str, str] = {}
+    body: dict[str, Any] = {}
+    partition = partition_lines(form.get("partition") or "", "partition", errors)
+    if partition:
+        body["partition"] = partition
+    for name in ("from", "to", "max_parallel"):
+        value = (form.get(name) or "").strip()
+        if value:
+            body[name] = value
+    if not errors:
+        try:
+            backfill = service.create_backfill(write_db(), _caller(), definition_id,
+                                               BackfillIn.model_validate(body), _limits())
+            flash(f"Backfill #{backfill.id} started: {len(backfill.items)} runs, at most "
+                  f"{backfill.max_parallel} at a time.", "info")
+            return redirect(url_for("jobs.definition_page", definition_id=definition_id,
+                                    _anchor="backfills"), code=303)
+        except ValidationError as exc:
+            _field_errors(validation_detail(exc), errors)
+        except (InvalidJob, JobConflict) as exc:
+            _field_errors(exc.problems, errors)
+            if not exc.problems:
+                errors["partition"] = str(exc)
+    values = {name: form.get(name, "") for name in ("partition", "from", "to", "max_parallel")}
+    return _render_definition(definition, values, errors, status=422)
 
 
 @bp.post("/definitions/<int:definition_id>/delete")

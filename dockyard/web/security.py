@@ -41,6 +41,8 @@ UPLOAD_ENDPOINTS = frozenset({
 NOTEBOOK_ENDPOINTS = {
     "api.jobs_create_run": "DOCKYARD_NOTEBOOK_JOB_MAX_MB",
     "jobs.launch": "DOCKYARD_NOTEBOOK_JOB_MAX_MB",
+    "jobs.create_definition": "DOCKYARD_NOTEBOOK_JOB_MAX_MB",
+    "jobs.update_definition": "DOCKYARD_NOTEBOOK_JOB_MAX_MB",
     "api.jobs_put_artifact": "DOCKYARD_NOTEBOOK_OUTPUT_MAX_MB",
 }
 

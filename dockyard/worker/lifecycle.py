@@ -18,6 +18,7 @@ from dockyard.jobs.run_logs import relative_log_location
 from dockyard.jobs.service import new_attempt
 from dockyard.jobs.states import ACTIVE_STATES, advance, deadline_of, outcome
 from dockyard.jobs.tokens import hash_token, run_token
+from dockyard.jobs.triggers import trigger_env
 from dockyard.models import Run, RunEvent, RunKind, RunState, utcnow
 from dockyard.worker.context import WorkerContext
 from dockyard.worker.log_copy import RunLogs
@@ -42,6 +43,8 @@ def build_spec(run: Run, *, token: str, dockyard_url: str,
         DOCKYARD_URL=dockyard_url,
         DOCKYARD_TOKEN=token,
     )
+    if run.trigger:
+        env.update(trigger_env(run.trigger))
     if run.kind == RunKind.NOTEBOOK and run.notebook:
         # What dockyard_data.notebook_job needs besides its token: it fetches the snapshot.
         env.update(

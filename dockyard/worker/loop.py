@@ -10,7 +10,9 @@ One loop, a few threads:
   slow engine call never holds up the others;
 - one log follower per running job copies its output into ``HOME/logs/runs`` (``log_copy.py``);
 - the backend's event stream (Docker events) wakes the loop when a job ends. Events
-  are not trusted alone: every ``SYNC_SECONDS`` all active runs are checked anyway.
+  are not trusted alone: every ``SYNC_SECONDS`` all active runs are checked anyway;
+- the trigger thread (``triggers.py``) queues the runs of due schedules, after-run
+  chains, new batches and backfills, and wakes the loop to claim them.
 
 On start the worker reconciles (``reconcile.py``) before its first pass; between passes
 its duties (the image catalog's builds, ``images.py``) get a turn.
@@ -41,6 +43,7 @@ from dockyard.worker.context import WorkerContext, job_namespace
 from dockyard.worker.lifecycle import RunLifecycle
 from dockyard.worker.log_copy import RunLogs
 from dockyard.worker.reconcile import Reconciler
+from dockyard.worker.triggers import TriggerThread
 from spawner.jobs.base import JobBackend
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,7 @@ class Worker:
         self.threads = ThreadPoolExecutor(max_workers=settings.max_concurrent_runs + 4,
                                           thread_name_prefix="run")
         self.wake = threading.Event()
+        self.triggers = TriggerThread(context, wake=self.wake.set)
         self._lock = threading.Lock()
         self._busy: set[int] = set()
         self._changed: set[int] = set()
@@ -114,6 +118,14 @@ class Worker:
             if pool.backend.has_events:
                 threading.Thread(target=pool.backend.watch, args=(self.notify, stop),
                                  name=f"engine-events-{pool.name}", daemon=True).start()
+        if not stop.is_set():
+            self.triggers.start(stop)
+        try:
+            self._loop(stop)
+        finally:
+            self.triggers.join()
+
+    def _loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 self.tick()

@@ -39,6 +39,7 @@ def run_worker(settings: Settings, *, once: bool = False) -> None:
         if once:
             worker.reconcile()
             worker.drain()
+            worker.triggers.pass_once()
             worker.tick()
             worker.drain()
         else:

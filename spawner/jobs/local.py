@@ -158,7 +158,8 @@ class LocalJobBackend(JobBackend):
     def _reap(self) -> None:
         for handle, child in list(self._children.items()):
             if child.poll() is not None:
-                del self._children[handle]
+                # Several worker threads reap at once: the first one forgets the child.
+                self._children.pop(handle, None)
 
 
 def _path_with_our_python() -> str:

@@ -100,6 +100,15 @@ EXPECTED: dict[str, Expect] = {
                                           404, 303, form=DEFINITION_FORM),
     "POST jobs.delete_definition": Expect("/jobs/definitions/{definition_id}/delete", LOGIN, 303,
                                           404, 303),
+    "POST jobs.pause_definition": Expect("/jobs/definitions/{definition_id}/pause", LOGIN, 303,
+                                         404, 303),
+    "POST jobs.resume_definition": Expect("/jobs/definitions/{definition_id}/resume", LOGIN,
+                                          303, 404, 303),
+    # The seeded definition has no schedule, so a range of days is refused beside the form's
+    # fields (422) for those who may see it, and the definition is missing for others.
+    "POST jobs.create_backfill": Expect("/jobs/definitions/{definition_id}/backfills", LOGIN,
+                                        422, 404, 422,
+                                        form={"from": "2024-01-01", "to": "2024-01-02"}),
     # -- jobs API -------------------------------------------------------------------
     "GET api.jobs_list_definitions": Expect("/api/v1/definitions", 401, 200, 200, 200),
     "POST api.jobs_create_definition": Expect("/api/v1/definitions", 401, 201, 201, 201,
@@ -110,6 +119,18 @@ EXPECTED: dict[str, Expect] = {
                                              404, 200, json=DEFINITION),
     "DELETE api.jobs_delete_definition": Expect("/api/v1/definitions/{definition_id}", 401,
                                                 204, 404, 204),
+    "POST api.jobs_pause_definition": Expect("/api/v1/definitions/{definition_id}/pause", 401,
+                                             200, 404, 200),
+    "POST api.jobs_resume_definition": Expect("/api/v1/definitions/{definition_id}/resume",
+                                              401, 200, 404, 200),
+    "GET api.jobs_list_fires": Expect("/api/v1/definitions/{definition_id}/fires", 401, 200,
+                                      404, 200),
+    "GET api.jobs_list_backfills": Expect("/api/v1/definitions/{definition_id}/backfills",
+                                          401, 200, 404, 200),
+    # As on the page: the seeded definition has no schedule, so a range of days is refused.
+    "POST api.jobs_create_backfill": Expect("/api/v1/definitions/{definition_id}/backfills",
+                                            401, 422, 404, 422,
+                                            json={"from": "2024-01-01", "to": "2024-01-02"}),
     "GET api.jobs_list_pools": Expect("/api/v1/pools", 401, 200, 200, 200),
     "POST api.jobs_create_run": Expect("/api/v1/runs", 401, 201, 201, 201,
                                        json={"image": SHELL_IMAGE, "command": "true"}),
@@ -205,6 +226,14 @@ EXPECTED: dict[str, Expect] = {
                                           200, 200, json={}),
     # Lineage names the run's batches: the run's owner and admins only.
     "GET api.data_run_lineage": Expect("/api/v1/lineage/runs/{ended_run}", 401, 200, 404, 200),
+    # -- lineage graph: data is everyone's, runs and definitions their owner's and admins' --
+    "GET lineage.lineage_page": Expect("/lineage?run_id={run_id}", LOGIN, 200, 404, 200),
+    "GET lineage.lineage_page table": Expect("/lineage?namespace={namespace}&table={name}",
+                                             LOGIN, 200, 200, 200),
+    "GET api.lineage_get_lineage": Expect("/api/v1/lineage?definition_id={definition_id}", 401,
+                                          200, 404, 200),
+    "GET api.lineage_get_lineage table": Expect(
+        "/api/v1/lineage?namespace={namespace}&table={name}", 401, 200, 200, 200),
     # -- the rest of the API --------------------------------------------------------
     "GET api.openapi_document": Expect("/api/v1/openapi.json", 200, 200, 200, 200),
     "GET api.users_whoami": Expect("/api/v1/user", 401, 200, 200, 200),

@@ -14,9 +14,18 @@ from dockyard.jobs import service
 from dockyard.jobs.artifacts import MEDIA_TYPES, OUTPUT, Artifact
 from dockyard.jobs.notebooks import NotebookFile
 from dockyard.jobs.run_logs import log_path, read_log
-from dockyard.jobs.schemas import Command, DefinitionIn, JobLimits, RunIn
+from dockyard.jobs.schemas import BackfillIn, Command, DefinitionIn, JobLimits, RunIn
 from dockyard.jobs.service import RunFilters, SortKey
-from dockyard.models import MAX_ID, JobDefinition, Run, RunEvent, RunKind, RunState
+from dockyard.models import (
+    MAX_ID,
+    Backfill,
+    JobDefinition,
+    Run,
+    RunEvent,
+    RunKind,
+    RunState,
+    TriggerFire,
+)
 from dockyard.web.api import route
 from dockyard.web.auth import User, current_user
 from dockyard.web.context import artifacts, db, homes, settings, write_db
@@ -71,6 +80,10 @@ class RunOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     duration_seconds: float | None = Field(description="Running time, so far if still running.")
+    trigger: dict[str, Any] | None = Field(
+        description="What fired the run: {kind: schedule, tick}, {kind: after, run_id, "
+        "definition_id}, {kind: batch, namespace, table, partition, batch_id} or {kind: "
+        "backfill, backfill_id, item}; null for a run started by hand.")
 
     @classmethod
     def of(cls, run: Run) -> RunOut:
@@ -87,6 +100,7 @@ class RunOut(BaseModel):
             status=run.status, cancel_requested=run.cancel_requested, exit_code=run.exit_code,
             reason=run.reason, queued_at=run.queued_at, started_at=run.started_at,
             finished_at=run.finished_at, duration_seconds=duration_seconds(run),
+            trigger=run.trigger,
         )
 
 
@@ -120,6 +134,18 @@ class DefinitionOut(BaseModel):
     timeout_seconds: int | None
     max_retries: int
     pool: str
+    kind: RunKind = Field(description="command, or notebook: its runs run the notebook "
+                          "snapshot taken when the definition was saved.")
+    notebook: NotebookOut | None = Field(description="A notebook definition's notebook.")
+    schedule: dict[str, Any] | None = Field(description="{cron, timezone, concurrency, "
+                                            "missed}, or null: not scheduled.")
+    paused: bool = Field(description="Paused: the schedule does not fire.")
+    after: dict[str, Any] | None = Field(description="{definition_id, on}: runs after that "
+                                         "definition's runs end.")
+    on_batch: dict[str, Any] | None = Field(description="{namespace, table, partition}: runs "
+                                            "on each new batch of that table.")
+    next_runs: list[datetime] = Field(description="The next 5 fire times (UTC); [] when "
+                                      "not scheduled or paused.")
     created_at: datetime
     updated_at: datetime
 
@@ -130,7 +156,9 @@ class DefinitionOut(BaseModel):
 
     @classmethod
     def of(cls, definition: JobDefinition) -> DefinitionOut:
-        return cls.model_validate(definition, from_attributes=True)
+        fields = {name: getattr(definition, name) for name in cls.model_fields
+                  if name != "next_runs"}
+        return cls.model_validate({**fields, "next_runs": service.next_runs(definition)})
 
 
 class DefinitionListOut(BaseModel):
@@ -231,26 +259,142 @@ def list_definitions() -> DefinitionListOut:
     return DefinitionListOut(definitions=[DefinitionOut.of(d) for d in found])
 
 
+def _notebook_upload() -> NotebookFile | None:
+    """The notebook file of a multipart request (part 'notebook'), if any."""
+    if request.mimetype != "multipart/form-data":
+        return None
+    upload = request.files.get("notebook")
+    if upload is not None:
+        return NotebookFile(name=upload.filename or "notebook.ipynb", content=upload.read(),
+                            source="upload")
+    if "notebook" in request.form:
+        raise Invalid([{"field": "notebook", "message": "send the notebook as a file part "
+                        "(curl: -F notebook=@etl.ipynb), not as a text field"}])
+    return None
+
+
 @route("/definitions", "POST", tag="jobs", body=DefinitionIn, response=DefinitionOut, status=201,
-       responses={409: "You already have a definition of that name"})
+       responses={409: "You already have a definition of that name"}, file_part="notebook")
 def create_definition(body: DefinitionIn) -> DefinitionOut:
-    """Create a job definition: a named recipe (image, command, resources) for runs."""
-    return DefinitionOut.of(service.create_definition(write_db(), _caller(), body, _limits()))
+    """Create a job definition: a named recipe (image, command, resources) for runs, and
+    what starts them by themselves (a schedule, after another definition's runs, on new
+    data).
+
+    A notebook definition: JSON with "notebook": {"path": ...} (a file in your home), or
+    multipart/form-data with the notebook file in the part 'notebook'; its runs run the
+    snapshot taken now, with "parameters"."""
+    return DefinitionOut.of(service.create_definition(
+        write_db(), _caller(), body, _limits(), notebook_file=_notebook_upload(),
+        artifacts=artifacts(), homes=homes()))
 
 
 @route("/definitions/<int:definition_id>", tag="jobs", response=DefinitionOut)
 def get_definition(definition_id: int) -> DefinitionOut:
-    """One job definition."""
+    """One job definition, with its next fire times."""
     return DefinitionOut.of(service.get_definition(db(), _caller(), definition_id))
 
 
 @route("/definitions/<int:definition_id>", "PUT", tag="jobs", body=DefinitionIn,
-       response=DefinitionOut, responses={409: "You already have a definition of that name"})
+       response=DefinitionOut, responses={409: "You already have a definition of that name"},
+       file_part="notebook")
 def update_definition(definition_id: int, body: DefinitionIn) -> DefinitionOut:
-    """Replace a job definition (runs already made from it keep their copy)."""
-    return DefinitionOut.of(
-        service.update_definition(write_db(), _caller(), definition_id, body, _limits())
-    )
+    """Replace a job definition (runs already made from it keep their copy). A notebook
+    definition sent without a notebook keeps its snapshot."""
+    return DefinitionOut.of(service.update_definition(
+        write_db(), _caller(), definition_id, body, _limits(),
+        notebook_file=_notebook_upload(), artifacts=artifacts(), homes=homes()))
+
+
+@route("/definitions/<int:definition_id>/pause", "POST", tag="jobs", response=DefinitionOut)
+def pause_definition(definition_id: int) -> DefinitionOut:
+    """Pause the definition: its schedule does not fire until resumed."""
+    return DefinitionOut.of(service.pause_definition(write_db(), _caller(), definition_id))
+
+
+@route("/definitions/<int:definition_id>/resume", "POST", tag="jobs", response=DefinitionOut)
+def resume_definition(definition_id: int) -> DefinitionOut:
+    """Resume the definition: its schedule fires from the next tick after now (ticks
+    passed while paused are not made up)."""
+    return DefinitionOut.of(service.resume_definition(write_db(), _caller(), definition_id))
+
+
+class FireOut(BaseModel):
+    key: str = Field(description="What fired: schedule:<tick>, after:<run id>, "
+                     "batch:<batch id> or backfill:<backfill id>:<item>.")
+    run_id: int | None = Field(description="The run it started (null: skipped, or the run "
+                               "was deleted).")
+    outcome: str = Field(description="started, or skipped: why.")
+    at: datetime
+
+    @classmethod
+    def of(cls, fire: TriggerFire) -> FireOut:
+        return cls.model_validate(fire, from_attributes=True)
+
+
+class FireListOut(BaseModel):
+    fires: list[FireOut]
+
+
+class FiresQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(50, ge=1, description="How many (at most DOCKYARD_API_PAGE_SIZE_MAX).")
+
+
+@route("/definitions/<int:definition_id>/fires", tag="jobs", query=FiresQuery,
+       response=FireListOut)
+def list_fires(definition_id: int, query: FiresQuery) -> FireListOut:
+    """The definition's triggers' firings and skipped ticks, newest first."""
+    cap = settings().api_page_size_max
+    if query.limit > cap:
+        raise ApiError(422, "Invalid query parameters",
+                       [{"field": "limit", "message": f"at most {cap}"}])
+    fires = service.list_fires(db(), _caller(), definition_id, query.limit)
+    return FireListOut(fires=[FireOut.of(f) for f in fires])
+
+
+class BackfillOut(BaseModel):
+    id: int
+    definition_id: int
+    items_total: int = Field(description="Runs the backfill makes in all.")
+    started: int = Field(description="Runs started so far.")
+    active: int = Field(description="Its runs queued or running now.")
+    max_parallel: int
+    created_at: datetime
+    finished_at: datetime | None = Field(description="When its last run ended (null: not "
+                                         "yet).")
+
+    @classmethod
+    def of(cls, backfill: Backfill, active: int) -> BackfillOut:
+        return cls(id=backfill.id, definition_id=backfill.definition_id,
+                   items_total=len(backfill.items), started=backfill.next_index, active=active,
+                   max_parallel=backfill.max_parallel, created_at=backfill.created_at,
+                   finished_at=backfill.finished_at)
+
+
+class BackfillListOut(BaseModel):
+    backfills: list[BackfillOut]
+
+
+@route("/definitions/<int:definition_id>/backfills", "POST", tag="jobs", body=BackfillIn,
+       response=BackfillOut, status=201)
+def create_backfill(definition_id: int, body: BackfillIn) -> BackfillOut:
+    """Run the definition for the past, a few runs at a time: {"partition": {"date":
+    "2024-01-*"}} for each matching partition of its on_batch table (with its current
+    batch), or {"from": "2024-01-01", "to": "2024-01-31"} for each day of a scheduled
+    definition (at that day's first tick)."""
+    session = write_db()
+    backfill = service.create_backfill(session, _caller(), definition_id, body, _limits())
+    return BackfillOut.of(backfill, service.backfill_active(session, backfill))
+
+
+@route("/definitions/<int:definition_id>/backfills", tag="jobs", response=BackfillListOut)
+def list_backfills(definition_id: int) -> BackfillListOut:
+    """The definition's backfills and their progress, newest first."""
+    session = db()
+    found = service.list_backfills(session, _caller(), definition_id)
+    return BackfillListOut(backfills=[BackfillOut.of(b, service.backfill_active(session, b))
+                                      for b in found])
 
 
 @route("/definitions/<int:definition_id>", "DELETE", tag="jobs", status=204)
@@ -277,18 +421,9 @@ def create_run(body: RunIn) -> RunOut:
     A notebook run: JSON with "notebook": {"path": ...} (a file in your home), or
     multipart/form-data with the notebook file in the part 'notebook'; "parameters" are
     injected by papermill. Dockyard keeps a snapshot of the notebook as it was now."""
-    upload = request.files.get("notebook") if request.mimetype == "multipart/form-data" \
-        else None
-    notebook_file = None
-    if upload is not None:
-        notebook_file = NotebookFile(name=upload.filename or "notebook.ipynb",
-                                     content=upload.read(), source="upload")
-    elif request.mimetype == "multipart/form-data" and "notebook" in request.form:
-        raise Invalid([{"field": "notebook", "message": "send the notebook as a file part "
-                        "(curl: -F notebook=@etl.ipynb), not as a text field"}])
     return RunOut.of(service.create_run(write_db(), _caller(), body, _limits(),
-                                        notebook_file=notebook_file, artifacts=artifacts(),
-                                        homes=homes()))
+                                        notebook_file=_notebook_upload(),
+                                        artifacts=artifacts(), homes=homes()))
 
 
 @route("/runs", tag="jobs", query=RunsQuery, response=RunPageOut)

@@ -1,0 +1,457 @@
+"""The worker's trigger thread: fires definitions' schedules, after-run chains, batches of
+new data and backfills, by queueing runs the loop then claims.
+
+Every firing is a (definition, key) row inserted in the transaction that queues its run
+(``dockyard.jobs.triggers.fire``): two workers, or a worker killed at any point, can never
+fire the same tick, upstream run, batch or backfill item twice. The scans of run events
+and pointer history keep a cursor (``trigger_cursors``) and also look again at the last
+``RESCAN_SECONDS``, because transactions commit out of id order; the unique key makes
+that second look harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from dockyard.db import transaction
+from dockyard.jobs.pools import PoolPolicy
+from dockyard.jobs.schedules import fire_times
+from dockyard.jobs.triggers import (
+    after_key,
+    backfill_key,
+    batch_key,
+    batch_matches,
+    fire,
+    fires_after,
+    partition_values,
+    record_skip,
+    schedule_key,
+)
+from dockyard.models import (
+    FINAL_STATES,
+    Backfill,
+    Batch,
+    DataTable,
+    JobDefinition,
+    PointerAction,
+    PointerHistory,
+    Run,
+    RunEvent,
+    RunState,
+    TriggerCursor,
+    TriggerFire,
+    utcnow,
+)
+from dockyard.worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+#: Every pass looks again at the run events and pointer history of this many seconds.
+RESCAN_SECONDS = 60
+#: The longest the thread sleeps between passes (new run events and batches wait this long).
+IDLE_SECONDS = 1.0
+#: When a schedule could not be worked out, it is tried again this much later.
+RETRY_SECONDS = 60
+#: The shortest sleep between passes.
+MIN_SLEEP_SECONDS = 0.02
+#: Due schedules fired per transaction: the loop claims the first runs while the next
+#: are fired (on SQLite the firing holds the write lock).
+SCHEDULES_PER_TRANSACTION = 50
+#: Rows one pass takes from each scan; the rest wait for the next pass (at once).
+SCAN_LIMIT = 500
+#: How far back a "missed" look for the latest due tick goes after a long downtime.
+MISSED_LOOKBACK = timedelta(days=2)
+UNFINISHED = (RunState.QUEUED, RunState.PENDING, RunState.RUNNING)
+_FINAL_VALUES = tuple(state.value for state in FINAL_STATES)
+
+
+def tick_iso(tick: datetime) -> str:
+    """A tick as every worker writes it in keys and triggers (ISO, UTC)."""
+    return tick.astimezone(UTC).isoformat()
+
+
+class TriggerThread:
+    """One thread per worker; several workers may run it at once against one database."""
+
+    def __init__(self, context: WorkerContext, *, wake: Callable[[], None]) -> None:
+        self.context = context
+        #: Called after runs were queued: the loop claims them at once.
+        self.wake = wake
+        self.actor = context.actor
+        #: Who may use which pool: a fired run is checked as its owner's own would be.
+        self.pools = PoolPolicy.from_settings(context.settings)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def start(self, stop: threading.Event) -> None:
+        self._stop = stop
+        self._thread = threading.Thread(target=self.run, name="triggers", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float = 10) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def run(self) -> None:
+        stop = self._stop
+        while not stop.is_set():
+            try:
+                if self.pass_once():
+                    self.wake()
+                pause = self.seconds_to_next_tick()
+            except SQLAlchemyError as exc:
+                log.warning("Triggers: database unavailable, trying again shortly: %s", exc)
+                pause = 2
+            except Exception:
+                log.exception("Trigger pass failed; trying again shortly")
+                pause = 2
+            stop.wait(pause)
+
+    # -- one pass ------------------------------------------------------------------------
+    def pass_once(self) -> int:
+        """Fire what is due; returns how many runs were queued."""
+        return (self.fire_schedules() + self.fire_after_runs() + self.fire_batches()
+                + self.advance_backfills())
+
+    def seconds_to_next_tick(self) -> float:
+        """Sleep until the next due schedule, at most IDLE_SECONDS."""
+        with self.context.reads() as session:
+            upcoming = session.scalar(
+                select(func.min(JobDefinition.next_fire_at))
+                .where(JobDefinition.next_fire_at.is_not(None),
+                       JobDefinition.paused.is_(False)))
+        if upcoming is None:
+            return IDLE_SECONDS
+        # A due row another worker holds locked is skipped, not waited for: look again
+        # shortly rather than at once.
+        return max(MIN_SLEEP_SECONDS, min(IDLE_SECONDS, (upcoming - utcnow()).total_seconds()))
+
+    # -- schedules -----------------------------------------------------------------------
+    def fire_schedules(self) -> int:
+        queued = 0
+        with self.context.reads() as session:
+            if session.scalar(select(JobDefinition.id).where(
+                    JobDefinition.next_fire_at <= utcnow(),
+                    JobDefinition.paused.is_(False)).limit(1)) is None:
+                return 0
+        while True:
+            now = utcnow()
+            with transaction(self.context.writes) as session:
+                due = (select(JobDefinition)
+                       .where(JobDefinition.next_fire_at <= now,
+                              JobDefinition.paused.is_(False),
+                              JobDefinition.schedule.is_not(None))
+                       .order_by(JobDefinition.next_fire_at, JobDefinition.id)
+                       .limit(SCHEDULES_PER_TRANSACTION))
+                if self.context.on_postgres:
+                    # Another worker's due rows are its own: skip them rather than wait.
+                    due = due.with_for_update(skip_locked=True, of=JobDefinition)
+                definitions = list(session.scalars(due))
+                for definition in definitions:
+                    try:
+                        with session.begin_nested():
+                            queued += self._fire_schedule(session, definition, now)
+                    except SQLAlchemyError:
+                        raise
+                    except Exception:  # one definition's schedule must not stop the others
+                        log.exception("Schedule of definition %s failed; next try in %d s",
+                                      definition.id, RETRY_SECONDS)
+                        definition.next_fire_at = now + timedelta(seconds=RETRY_SECONDS)
+            if queued:
+                self.wake()
+            if len(definitions) < SCHEDULES_PER_TRANSACTION or self._stop.is_set():
+                return queued
+
+    def _fire_schedule(self, session: Session, definition: JobDefinition, now: datetime) -> int:
+        """Fire the definition's latest due tick (per its ``missed`` policy), then move its
+        ``next_fire_at`` past now."""
+        schedule = definition.schedule or {}
+        assert definition.next_fire_at is not None
+        due, next_tick = self._due_ticks(schedule, definition.next_fire_at, now)
+        grace = self.context.settings.schedule_missed_grace_seconds
+        latest = due[-1]
+        missed = [tick for tick in due if (now - tick).total_seconds() > grace]
+        queued = 0
+        if schedule.get("missed", "skip") == "run_once" or latest not in missed:
+            # run_once: the ticks missed while no worker ran collapse into this one fire.
+            queued = self._fire_with_concurrency(session, definition, schedule,
+                                                 schedule_key(tick_iso(latest)), latest)
+            missed = [tick for tick in missed if tick != latest]
+        if missed and schedule.get("missed", "skip") == "skip":
+            late = int((now - missed[-1]).total_seconds())
+            record_skip(session, definition, schedule_key(tick_iso(missed[-1])),
+                        f"missed {len(missed)} tick(s), the last by {late} s "
+                        "(no worker was running)")
+        definition.next_fire_at = next_tick
+        return queued
+
+    @staticmethod
+    def _due_ticks(schedule: dict[str, Any], first: datetime,
+                   now: datetime) -> tuple[list[datetime], datetime | None]:
+        """The ticks from ``first`` to ``now`` (after a long downtime, only ``first`` and
+        those of the last MISSED_LOOKBACK), and the first tick after ``now``."""
+        due = [first]
+        after = max(first, now - MISSED_LOOKBACK)
+        count = 1  # on time, the next tick is already in the future: one is enough
+        while True:
+            batch = fire_times(schedule, after, count)
+            due += [tick for tick in batch if tick <= now and tick > due[-1]]
+            if not batch:
+                return due, None
+            if batch[-1] > now:
+                return due, next(tick for tick in batch if tick > now)
+            after, count = batch[-1], 100
+
+    def _fire_with_concurrency(self, session: Session, definition: JobDefinition,
+                               schedule: dict[str, Any], key: str, tick: datetime) -> int:
+        policy = schedule.get("concurrency", "allow")
+        if policy != "allow":
+            active = list(session.scalars(
+                select(Run.id).where(Run.definition_id == definition.id,
+                                     Run.status.in_(UNFINISHED))))
+            if active and policy == "forbid":
+                record_skip(session, definition, key, "previous run still active")
+                return 0
+            if active:
+                self._cancel_for_replace(session, definition, active)
+        run = fire(session, definition, key, {"kind": "schedule", "tick": tick_iso(tick)},
+                   actor=self.actor, pools=self.pools, reason=f"scheduled for {tick_iso(tick)}")
+        return 1 if run is not None else 0
+
+    def _cancel_for_replace(self, session: Session, definition: JobDefinition,
+                            run_ids: list[int]) -> None:
+        """Ask for the cancel of the definition's active runs (the loop stops them), in the
+        firing's transaction, as its owner would."""
+        for run_id in run_ids:
+            status = session.execute(
+                update(Run).where(Run.id == run_id, Run.status.not_in(FINAL_STATES),
+                                  Run.cancel_requested.is_(False))
+                .values(cancel_requested=True).returning(Run.status)
+                .execution_options(synchronize_session=False)
+            ).scalar_one_or_none()
+            if status is not None:
+                session.add(RunEvent(run_id=run_id, from_status=status.value,
+                                     to_status=status.value, actor=definition.owner,
+                                     reason="cancel requested: replaced by the next scheduled "
+                                            "run (concurrency: replace)"))
+
+    def _fire(self, session: Session, definition: JobDefinition, key: str,
+              trigger: dict[str, Any], *, reason: str) -> Run | None:
+        """``fire``, but a definition that cannot make a run is logged and passed over
+        (it is tried again while its event is in the re-scanned window), so that it never
+        holds up the others' triggers."""
+        try:
+            with session.begin_nested():
+                return fire(session, definition, key, trigger, actor=self.actor,
+                            pools=self.pools, reason=reason)
+        except SQLAlchemyError:
+            raise
+        except Exception:
+            log.exception("Definition %s could not fire %s", definition.id, key)
+            return None
+
+    # -- after a run ---------------------------------------------------------------------
+    def fire_after_runs(self) -> int:
+        position = self._cursor("after")
+        since = utcnow() - timedelta(seconds=RESCAN_SECONDS)
+        with self.context.reads() as session:
+            final = select(RunEvent.id, RunEvent.run_id, RunEvent.at).where(
+                RunEvent.to_status.in_(_FINAL_VALUES),
+                or_(RunEvent.from_status.is_(None), RunEvent.from_status != RunEvent.to_status))
+            rows = self._scan(session, final, RunEvent.id, RunEvent.at, position, since)
+            if not rows:
+                return 0
+            upstream = dict(session.execute(
+                select(Run.id, Run.definition_id).where(
+                    Run.id.in_({row.run_id for row in rows}),
+                    Run.definition_id.is_not(None))).all())
+            followers = self._followers(session, JobDefinition.after_definition_id,
+                                        set(upstream.values()))
+            # Pairs fired already (the re-scanned window) are not tried again.
+            pairs = [(run_id, definition_id) for run_id, upstream_id in upstream.items()
+                     for definition_id in followers.get(upstream_id, [])]
+            # The same order in every worker: two firing the same pairs never deadlock.
+            pairs = sorted(self._not_fired(session, pairs, after_key))
+        ended_at = {row.run_id: row.at for row in rows}
+        last = max(row.id for row in rows)
+        if not pairs and last <= position:
+            return 0
+        queued = 0
+        with transaction(self.context.writes) as session:
+            for run_id, definition_id in pairs:
+                run = session.get(Run, run_id)
+                definition = session.get(JobDefinition, definition_id)
+                if run is None or definition is None or definition.paused \
+                        or ended_at[run_id] < definition.created_at:
+                    continue  # a definition follows the runs that end after it exists
+                if not fires_after(session, run, (definition.after or {}).get("on",
+                                                                               "succeeded")):
+                    continue
+                if self._fire(session, definition, after_key(run.id),
+                              {"kind": "after", "run_id": run.id,
+                               "definition_id": run.definition_id},
+                              reason=f"after run #{run.id} ({run.status.value.lower()})"):
+                    queued += 1
+            self._advance_cursor(session, "after", last)
+        return queued
+
+    @staticmethod
+    def _scan(session: Session, query: Any, id_column: Any, at_column: Any, position: int,
+              since: datetime) -> list[Any]:
+        """The rows past the cursor (oldest first, at most SCAN_LIMIT: the rest next pass),
+        and those before it of the last RESCAN_SECONDS (they may have committed after
+        rows with higher ids were scanned)."""
+        new = session.execute(query.where(id_column > position).order_by(id_column)
+                              .limit(SCAN_LIMIT)).all()
+        again = session.execute(query.where(id_column <= position, at_column >= since)
+                                .order_by(id_column.desc()).limit(SCAN_LIMIT)).all()
+        return [*reversed(again), *new]
+
+    @staticmethod
+    def _followers(session: Session, column: Any, ids: set[Any]) -> dict[int, list[int]]:
+        """The unpaused definitions whose ``column`` is one of ``ids``, by that id."""
+        found: dict[int, list[int]] = {}
+        if not ids:
+            return found
+        for definition_id, watched in session.execute(
+                select(JobDefinition.id, column).where(column.in_(ids),
+                                                       JobDefinition.paused.is_(False))):
+            found.setdefault(watched, []).append(definition_id)
+        return found
+
+    @staticmethod
+    def _not_fired(session: Session, pairs: list[tuple[Any, int]],
+                   key_of: Callable[[Any], str]) -> list[tuple[Any, int]]:
+        if not pairs:
+            return pairs
+        keys = {key_of(subject) for subject, _ in pairs}
+        fired = set(session.execute(
+            select(TriggerFire.definition_id, TriggerFire.key)
+            .where(TriggerFire.key.in_(keys))).all())
+        return [(subject, definition_id) for subject, definition_id in pairs
+                if (definition_id, key_of(subject)) not in fired]
+
+    # -- new data ------------------------------------------------------------------------
+    def fire_batches(self) -> int:
+        position = self._cursor("batches")
+        since = utcnow() - timedelta(seconds=RESCAN_SECONDS)
+        with self.context.reads() as session:
+            commits = (
+                select(PointerHistory.id, PointerHistory.table_id, PointerHistory.partition,
+                       PointerHistory.at, Batch.batch_id, Batch.partition_values,
+                       DataTable.namespace, DataTable.name)
+                .join(Batch, Batch.id == PointerHistory.batch_id)
+                .join(DataTable, DataTable.id == PointerHistory.table_id)
+                .where(PointerHistory.action == PointerAction.COMMIT))
+            rows = self._scan(session, commits, PointerHistory.id, PointerHistory.at, position,
+                              since)
+            if not rows:
+                return 0
+            watchers = self._followers(session, JobDefinition.on_batch_table_id,
+                                       {row.table_id for row in rows})
+            by_batch = {row.batch_id: row for row in rows}
+            pairs = sorted(self._not_fired(session, [
+                (row.batch_id, definition_id) for row in rows
+                for definition_id in watchers.get(row.table_id, [])], batch_key))
+        last = max(row.id for row in rows)
+        if not pairs and last <= position:
+            return 0
+        queued = 0
+        with transaction(self.context.writes) as session:
+            for batch_id, definition_id in pairs:
+                row = by_batch[batch_id]
+                definition = session.get(JobDefinition, definition_id)
+                if definition is None or definition.paused \
+                        or row.at < definition.created_at or not batch_matches(
+                        definition.on_batch or {}, row.namespace, row.name,
+                        row.partition_values or partition_values(row.partition)):
+                    continue
+                if self._fire(session, definition, batch_key(row.batch_id),
+                              {"kind": "batch", "namespace": row.namespace,
+                               "table": row.name, "partition": row.partition,
+                               "batch_id": row.batch_id},
+                              reason=f"new batch {row.batch_id} of {row.namespace}/{row.name}"
+                                     + (f" ({row.partition})" if row.partition else "")):
+                    queued += 1
+            self._advance_cursor(session, "batches", last)
+        return queued
+
+    # -- backfills -----------------------------------------------------------------------
+    def advance_backfills(self) -> int:
+        queued = 0
+        with self.context.reads() as session:
+            if session.scalar(select(Backfill.id).where(Backfill.finished_at.is_(None))
+                              .limit(1)) is None:
+                return 0
+        with transaction(self.context.writes) as session:
+            open_backfills = select(Backfill).where(Backfill.finished_at.is_(None)) \
+                .order_by(Backfill.id)
+            if self.context.on_postgres:
+                open_backfills = open_backfills.with_for_update(skip_locked=True)
+            for backfill in session.scalars(open_backfills):
+                queued += self._advance_backfill(session, backfill)
+        return queued
+
+    def _advance_backfill(self, session: Session, backfill: Backfill) -> int:
+        active = session.scalar(
+            select(func.count()).select_from(TriggerFire)
+            .join(Run, Run.id == TriggerFire.run_id)
+            .where(TriggerFire.definition_id == backfill.definition_id,
+                   TriggerFire.key.like(f"backfill:{backfill.id}:%"),
+                   Run.status.in_(UNFINISHED))) or 0
+        definition = session.get(JobDefinition, backfill.definition_id)
+        if backfill.cancelled or definition is None:
+            if active == 0:
+                backfill.finished_at = utcnow()
+            return 0
+        queued = 0
+        items = backfill.items or []
+        while active < backfill.max_parallel and backfill.next_index < len(items):
+            index = backfill.next_index
+            run = self._fire(session, definition, backfill_key(backfill.id, index),
+                             {"kind": "backfill", "backfill_id": backfill.id,
+                              "item": items[index]},
+                             reason=f"backfill #{backfill.id}, item {index + 1} of {len(items)}")
+            backfill.next_index = index + 1
+            if run is not None:
+                queued += 1
+                if run.status in UNFINISHED:
+                    active += 1
+        if backfill.next_index >= len(items) and active == 0:
+            backfill.finished_at = utcnow()
+        return queued
+
+    # -- cursors -------------------------------------------------------------------------
+    def _cursor(self, name: str) -> int:
+        """Where the scan ``name`` is; a new cursor starts at the end of its table (the
+        past is not fired: triggers answer to what happens after they exist)."""
+        with self.context.reads() as session:
+            position = session.scalar(select(TriggerCursor.position)
+                                      .where(TriggerCursor.name == name))
+            if position is not None:
+                return int(position)
+            scanned = RunEvent.id if name == "after" else PointerHistory.id
+            end = int(session.scalar(select(func.max(scanned))) or 0)
+        try:
+            with transaction(self.context.writes) as session:
+                session.add(TriggerCursor(name=name, position=end))
+        except IntegrityError:  # another worker made it first
+            return self._cursor(name)
+        return end
+
+    @staticmethod
+    def _advance_cursor(session: Session, name: str, position: int) -> None:
+        # Forward only: a slower worker never moves it back.
+        session.execute(update(TriggerCursor)
+                        .where(TriggerCursor.name == name, TriggerCursor.position < position)
+                        .values(position=position)
+                        .execution_options(synchronize_session=False))
