@@ -103,12 +103,13 @@ def start(role: str, bind: str, threads: int) -> None:
 @click.option("--socket", "socket_path", default="/var/run/docker.sock", show_default=True,
               help="The Docker engine's socket.")
 def engine_proxy(bind: str, port: int, socket_path: str) -> None:
-    """Serve a read-only view of the Docker engine (image metadata, the container list)
-    for the web container, which gets no socket of its own."""
-    from dockyard.engine_proxy import make_server
+    """Serve a read-only view of the Docker engine (image metadata, the container list,
+    a file of a user's home) for the web container, which gets no socket of its own."""
+    from dockyard.engine_proxy import HomeFileRoute, make_server
 
-    settings_for_command()
-    server = make_server(bind, port, socket_path)
+    settings = settings_for_command()
+    server = make_server(bind, port, socket_path,
+                         home_files=HomeFileRoute.from_settings(settings))
     click.echo(f"Read-only Docker API for {socket_path} on {bind}:{port}")
     try:
         server.serve_forever()

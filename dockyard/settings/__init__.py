@@ -261,6 +261,13 @@ class Settings(BaseSettings):
         200, ge=1, le=4096, description="Largest executed notebook (MB) a notebook job may "
         "keep as its output (outputs with plots grow).",
     )
+    home_files_url: str = Field(
+        "", pattern=r"^(https?://\S+)?$",
+        description="Where the web service reads a file of a user's home (a notebook run "
+        "submitted by its path) when it has no Docker socket: the engine window's route, "
+        "which docker compose sets to http://engine-api:2375/dockyard/home-file. Empty: "
+        "the web service reads homes itself (Docker volumes or directories).",
+    )
     artifacts_root: str = Field(
         "", description="Where runs keep their files (notebook snapshots, executed notebooks): "
         "a directory or s3://bucket/prefix. Default: DATA_ROOT/_artifacts, so under HOME in "
