@@ -153,6 +153,9 @@ class NotebookHomes:
                 self._reader = _HomesThroughEngineWindow(settings.home_files_url)
             elif self._spawner() in ("docker", "swarm"):
                 self._reader = VolumeHomes(settings.docker_name_prefix, settings.notebook_image)
+            elif settings.spawner == "auto":
+                # No engine (yet): ask again next time rather than settle on directories.
+                return DirectoryHomes(Path(settings.home) / "users")
             else:
                 self._reader = DirectoryHomes(Path(settings.home) / "users")
         return self._reader

@@ -270,8 +270,9 @@ class Settings(BaseSettings):
     )
     artifacts_root: str = Field(
         "", description="Where runs keep their files (notebook snapshots, executed notebooks): "
-        "a directory or s3://bucket/prefix. Default: DATA_ROOT/_artifacts, so under HOME in "
-        "the embedded default and in the S3 data root in production.",
+        "a directory or s3://bucket/prefix, out of reach of notebooks and jobs (never inside "
+        "the data root they write to). Default: HOME/artifacts, or s3://BUCKET/_artifacts "
+        "when the data root is in S3 (keep the containers' S3 key off that prefix).",
     )
     job_stop_grace_seconds: int = Field(
         10, ge=0, le=300, description="Seconds between SIGTERM and SIGKILL when a run is stopped."
@@ -413,7 +414,13 @@ class Settings(BaseSettings):
 
     @property
     def artifacts_dir(self) -> str:
-        return self.artifacts_root or f"{self.data_dir.rstrip('/')}/_artifacts"
+        """Runs' files: never under the data root, which notebooks and jobs can write."""
+        if self.artifacts_root:
+            return self.artifacts_root
+        if self.data_dir.startswith("s3://"):
+            bucket = self.data_dir[len("s3://"):].split("/", 1)[0]
+            return f"s3://{bucket}/_artifacts"
+        return str(self.home / "artifacts")
 
     @property
     def log_dir(self) -> Path:

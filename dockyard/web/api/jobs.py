@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
+import nbformat
 from flask import Response, request, send_file
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -277,15 +277,14 @@ def create_run(body: RunIn) -> RunOut:
     A notebook run: JSON with "notebook": {"path": ...} (a file in your home), or
     multipart/form-data with the notebook file in the part 'notebook'; "parameters" are
     injected by papermill. Dockyard keeps a snapshot of the notebook as it was now."""
-    upload = request.files.get("notebook") if request.mimetype == "multipart/form-data" \
-        else None
+    uploads = request.files.getlist("notebook") \
+        if request.mimetype == "multipart/form-data" else []
+    if len(uploads) > 1:
+        raise Invalid([{"field": "notebook", "message": "send one notebook per run"}])
     notebook_file = None
-    if upload is not None:
-        notebook_file = NotebookFile(name=upload.filename or "notebook.ipynb",
-                                     content=upload.read(), source="upload")
-    elif request.mimetype == "multipart/form-data" and "notebook" in request.form:
-        raise Invalid([{"field": "notebook", "message": "send the notebook as a file part "
-                        "(curl: -F notebook=@etl.ipynb), not as a text field"}])
+    if uploads:
+        notebook_file = NotebookFile(name=uploads[0].filename or "notebook.ipynb",
+                                     content=uploads[0].read(), source="upload")
     return RunOut.of(service.create_run(write_db(), _caller(), body, _limits(),
                                         notebook_file=notebook_file, artifacts=artifacts(),
                                         homes=homes()))
@@ -420,11 +419,12 @@ def put_artifact(run_id: int, name: str) -> Response:
                          "as they were")
     content = request.get_data(cache=False)
     try:
-        notebook = json.loads(content)
-    except ValueError:
-        notebook = None
-    if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
-        raise Invalid([{"field": "body", "message": "not a notebook: send the executed "
-                        ".ipynb JSON"}])
+        # The whole notebook format, not only its JSON: the pages and the worker's reading
+        # of the failed cell rely on it.
+        nbformat.validate(nbformat.reads(content.decode("utf-8"), as_version=4))
+    except Exception as exc:  # JSON, encoding, nbformat: each its own exception type
+        message = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise Invalid([{"field": "body", "message": "not a valid notebook (send the executed "
+                        f".ipynb JSON): {message}"}]) from None
     artifacts().save_output(run, content)
     return Response(status=204)
