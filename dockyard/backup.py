@@ -1,5 +1,7 @@
 """Copy the data catalog's files between the data root (S3 or a directory) and a local
-directory: the data-store half of "Backup and restore".
+directory, and runs' files (notebook snapshots and executed notebooks, kept apart from
+the data) into its ``_artifacts`` folder: the data-store half of "Backup and restore".
+No namespace can be called ``_artifacts``, so the two never mix.
 
 Batch directories are never changed after commit, so a copy taken while Dockyard runs is
 consistent for every batch the database dump (taken first) points at; a batch committed
@@ -23,6 +25,19 @@ def data_root_filesystem(settings: Settings) -> tuple[Any, str]:
     return storage.filesystem(storage.root)
 
 
+#: Where a data-store backup keeps runs' files, beside the data root's namespaces.
+ARTIFACTS_FOLDER = "_artifacts"
+
+
+def artifacts_filesystem(settings: Settings) -> tuple[Any, str]:
+    """The fsspec filesystem of runs' files (DOCKYARD_ARTIFACTS_ROOT) and its root there."""
+    from dockyard.data.storage import Storage, StorageConfig
+
+    storage = Storage(StorageConfig(settings.artifacts_dir, settings.data_s3_endpoint_url,
+                                    settings.data_s3_region))
+    return storage.filesystem(storage.root)
+
+
 def _local() -> Any:
     import fsspec
 
@@ -30,9 +45,10 @@ def _local() -> Any:
 
 
 def copy_tree(src_fs: Any | None, src_root: str, dst_fs: Any | None,
-              dst_root: str) -> tuple[int, int]:
+              dst_root: str, skip: str | None = None) -> tuple[int, int]:
     """Copy every file under ``src_root`` to the same relative path under ``dst_root``
-    (``None`` means the local filesystem). Returns (files, bytes)."""
+    (``None`` means the local filesystem), but those under the folder ``skip``. Returns
+    (files, bytes)."""
     src_fs = src_fs or _local()
     dst_fs = dst_fs or _local()
     src_root = src_root.rstrip("/")
@@ -43,6 +59,8 @@ def copy_tree(src_fs: Any | None, src_root: str, dst_fs: Any | None,
         return files, size
     for path in sorted(src_fs.find(src_root)):
         relative = posixpath.relpath(path, src_root)
+        if skip and (relative == skip or relative.startswith(skip + "/")):
+            continue
         target = posixpath.join(dst_root, relative)
         parent = posixpath.dirname(target)
         if parent:

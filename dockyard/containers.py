@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+import requests
+
 from dockyard.errors import Unavailable
 from dockyard.jobs.notebooks import HomeFileMissing
 from dockyard.settings import Settings
@@ -93,10 +95,52 @@ class _HomeReader(Protocol):
     def read(self, username: str, relative_path: str, max_bytes: int) -> bytes: ...
 
 
+class _HomeFilesUnanswered(Exception):
+    """The engine window's home-file route did not answer, or failed."""
+
+
+class _HomesThroughEngineWindow:
+    """Homes read by docker compose's engine window (``dockyard.engine_proxy``, at
+    DOCKYARD_HOME_FILES_URL): the web service has no socket; the window has, and reads
+    the file as VolumeHomes would."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def read(self, username: str, relative_path: str, max_bytes: int) -> bytes:
+        params = {"user": username, "path": relative_path, "max_bytes": str(max_bytes)}
+        try:
+            # The window creates a container and reads an archive: allow it time.
+            with requests.get(self.url, params=params, timeout=(5, 90), stream=True) as answer:
+                if answer.status_code in (400, 404):
+                    raise FileNotFoundError(_message(answer))
+                if answer.status_code != 200:
+                    raise _HomeFilesUnanswered(f"{self.url} answered {answer.status_code}: "
+                                              f"{_message(answer)}")
+                content = bytearray()
+                for chunk in answer.iter_content(64 * 1024):
+                    content += chunk
+                    if len(content) >= max_bytes:
+                        break
+                return bytes(content[:max_bytes])
+        except requests.RequestException as exc:
+            raise _HomeFilesUnanswered(f"no answer from {self.url}: "
+                                      f"{type(exc).__name__}") from exc
+
+
+def _message(answer: requests.Response) -> str:
+    try:
+        return str(answer.json()["message"])[:300]
+    except (ValueError, KeyError, TypeError):
+        return answer.reason or f"status {answer.status_code}"
+
+
 class NotebookHomes:
     """Users' homes as notebook servers see them (``dockyard.jobs.notebooks.HomeFiles``):
     Docker volumes when notebooks run in containers, directories when they are local
-    processes. With DOCKYARD_SPAWNER=auto the engine is asked on first use."""
+    processes, or through the engine window when DOCKYARD_HOME_FILES_URL is set (docker
+    compose's web service has no socket). With DOCKYARD_SPAWNER=auto the engine is asked
+    on first use."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -105,15 +149,22 @@ class NotebookHomes:
     def _chosen(self) -> _HomeReader:
         if self._reader is None:
             settings = self._settings
-            spawner = settings.spawner
-            if spawner == "auto":
-                containers = check_docker().available and image_present(settings.notebook_image)
-                spawner = "docker" if containers else "local"
-            if spawner in ("docker", "swarm"):
+            if settings.home_files_url:
+                self._reader = _HomesThroughEngineWindow(settings.home_files_url)
+            elif self._spawner() in ("docker", "swarm"):
                 self._reader = VolumeHomes(settings.docker_name_prefix, settings.notebook_image)
+            elif settings.spawner == "auto":
+                # No engine (yet): ask again next time rather than settle on directories.
+                return DirectoryHomes(Path(settings.home) / "users")
             else:
                 self._reader = DirectoryHomes(Path(settings.home) / "users")
         return self._reader
+
+    def _spawner(self) -> str:
+        if self._settings.spawner != "auto":
+            return self._settings.spawner
+        image = self._settings.notebook_image
+        return "docker" if check_docker().available and image_present(image) else "local"
 
     def read(self, owner: str, path: str, max_bytes: int) -> bytes:
         try:
@@ -121,8 +172,8 @@ class NotebookHomes:
         except FileNotFoundError as exc:
             raise HomeFileMissing(str(exc)) from None
         except Exception as exc:
-            # The engine down, or refusing (docker compose gives the web service a
-            # read-only window on it): say so, and what works instead.
+            # The engine (or docker compose's window on it) down or refusing: say so,
+            # and what works instead.
             problem = engine_problem(exc)
             reason = problem.reason if problem else str(exc).splitlines()[0][:300]
             raise Unavailable(f"Dockyard could not read your home ({reason}); upload the "

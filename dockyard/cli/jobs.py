@@ -194,7 +194,7 @@ def submit_notebook(api: Api, notebook: Path | None, home_path: str | None,
 def _notebook_parameters(items: tuple[str, ...]) -> dict[str, Any]:
     """``-p NAME=VALUE`` options as parameters, each typed as the Jobs page types a line."""
     from dockyard.jobs.notebooks import parse_parameter_lines
-    from dockyard.jobs.service import InvalidJob
+    from dockyard.jobs.schemas import InvalidJob
 
     parameters: dict[str, Any] = {}
     problems: list[tuple[str, str]] = []

@@ -103,12 +103,13 @@ def start(role: str, bind: str, threads: int) -> None:
 @click.option("--socket", "socket_path", default="/var/run/docker.sock", show_default=True,
               help="The Docker engine's socket.")
 def engine_proxy(bind: str, port: int, socket_path: str) -> None:
-    """Serve a read-only view of the Docker engine (image metadata, the container list)
-    for the web container, which gets no socket of its own."""
-    from dockyard.engine_proxy import make_server
+    """Serve a read-only view of the Docker engine (image metadata, the container list,
+    a file of a user's home) for the web container, which gets no socket of its own."""
+    from dockyard.engine_proxy import HomeFileRoute, make_server
 
-    settings_for_command()
-    server = make_server(bind, port, socket_path)
+    settings = settings_for_command()
+    server = make_server(bind, port, socket_path,
+                         home_files=HomeFileRoute.from_settings(settings))
     click.echo(f"Read-only Docker API for {socket_path} on {bind}:{port}")
     try:
         server.serve_forever()
@@ -126,22 +127,42 @@ def backup() -> None:
 @backup.command("data-store")
 @click.argument("destination", type=click.Path(file_okay=False, path_type=Path))
 def backup_data_store(destination: Path) -> None:
-    """Copy every file under DOCKYARD_DATA_ROOT (S3 or a directory) into DESTINATION."""
-    from dockyard.backup import copy_tree, data_root_filesystem
+    """Copy every file under DOCKYARD_DATA_ROOT (S3 or a directory) into DESTINATION, and
+    runs' files (DOCKYARD_ARTIFACTS_ROOT) into DESTINATION/_artifacts."""
+    from dockyard.backup import (
+        ARTIFACTS_FOLDER,
+        artifacts_filesystem,
+        copy_tree,
+        data_root_filesystem,
+    )
 
     settings = settings_for_command()
     fs, root = data_root_filesystem(settings)
     count, size = copy_tree(fs, root, None, str(destination.resolve()))
     click.echo(f"Copied {count} files ({size} bytes) from {settings.data_dir} to {destination}")
+    fs, root = artifacts_filesystem(settings)
+    count, size = copy_tree(fs, root, None, str(destination.resolve() / ARTIFACTS_FOLDER))
+    click.echo(f"Copied {count} files ({size} bytes) from {settings.artifacts_dir} to "
+               f"{destination / ARTIFACTS_FOLDER}")
 
 
 @backup.command("restore-data-store")
 @click.argument("source", type=click.Path(file_okay=False, exists=True, path_type=Path))
 def restore_data_store(source: Path) -> None:
-    """Copy every file of SOURCE (made by 'backup data-store') back under DOCKYARD_DATA_ROOT."""
-    from dockyard.backup import copy_tree, data_root_filesystem
+    """Copy every file of SOURCE (made by 'backup data-store') back under DOCKYARD_DATA_ROOT,
+    and SOURCE/_artifacts back under DOCKYARD_ARTIFACTS_ROOT."""
+    from dockyard.backup import (
+        ARTIFACTS_FOLDER,
+        artifacts_filesystem,
+        copy_tree,
+        data_root_filesystem,
+    )
 
     settings = settings_for_command()
     fs, root = data_root_filesystem(settings)
-    count, size = copy_tree(None, str(source.resolve()), fs, root)
+    count, size = copy_tree(None, str(source.resolve()), fs, root, skip=ARTIFACTS_FOLDER)
     click.echo(f"Copied {count} files ({size} bytes) from {source} to {settings.data_dir}")
+    fs, root = artifacts_filesystem(settings)
+    count, size = copy_tree(None, str(source.resolve() / ARTIFACTS_FOLDER), fs, root)
+    click.echo(f"Copied {count} files ({size} bytes) from {source / ARTIFACTS_FOLDER} to "
+               f"{settings.artifacts_dir}")

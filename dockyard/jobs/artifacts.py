@@ -1,9 +1,11 @@
 """The files a run keeps besides its log: a notebook run's input snapshot, its executed
 notebook and that notebook's HTML rendering.
 
-They live under DOCKYARD_ARTIFACTS_ROOT (default DATA_ROOT/_artifacts: under HOME in the
-embedded default, in the S3 data root in production), reached through fsspec like the data
-catalog's files:
+They live under DOCKYARD_ARTIFACTS_ROOT (default HOME/artifacts, or s3://BUCKET/_artifacts
+with an S3 data root), reached through fsspec like the data catalog's files, and never
+inside the data root: notebooks and jobs can write there, and a snapshot they could
+replace would run their code as another user. A snapshot is also checked against its
+sha256 whenever it is read.
 
     <root>/notebooks/<sha256>.ipynb     the snapshot taken at submit (shared by retries)
     <root>/runs/<run id>/output.ipynb   sent by the run's job when papermill is done
@@ -15,21 +17,28 @@ Artifact names are a fixed set, so a name from a URL is never used as a path.
 from __future__ import annotations
 
 import hashlib
+import logging
 import posixpath
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dockyard.data.storage import Storage, StorageConfig
-from dockyard.errors import NotFound, Unavailable
+from dockyard.errors import Conflict, NotFound, Unavailable
 from dockyard.models import Run, RunKind
 from dockyard.settings import Settings
+
+log = logging.getLogger(__name__)
 
 INPUT = "input.ipynb"
 OUTPUT = "output.ipynb"
 HTML = "output.html"
 NOTEBOOK_TYPE = "application/x-ipynb+json"
 MEDIA_TYPES = {INPUT: NOTEBOOK_TYPE, OUTPUT: NOTEBOOK_TYPE, HTML: "text/html"}
+#: Executed notebooks larger than this are offered as a download only (rendering one takes
+#: several times its size in memory, in the web service).
+HTML_MAX_BYTES = 50 * 1024 * 1024
 #: nbconvert templates of our own: JupyterLab's look, without its CDN scripts.
 TEMPLATES = Path(__file__).parent / "nbconvert"
 
@@ -40,6 +49,19 @@ class ArtifactNotFound(NotFound):
 
 class ArtifactStoreUnavailable(Unavailable):
     """The artifacts' storage did not answer."""
+
+    def __init__(self, location: str, exc: BaseException) -> None:
+        # The location stays in the log: it names server paths and buckets.
+        log.warning("Run files at %s: %s: %s", location, type(exc).__name__, exc)
+        super().__init__("the store of runs' files did not answer; try again shortly")
+
+
+class NotebookNotShown(Conflict):
+    """The executed notebook cannot be shown as a page (too large, or not renderable)."""
+
+
+class SnapshotChanged(Conflict):
+    """A snapshot no longer has the content it was taken with."""
 
 
 @dataclass(frozen=True)
@@ -82,13 +104,14 @@ class ArtifactStore:
                 fs.pipe_file(path, content)  # an object appears whole, or not at all
                 return
             fs.makedirs(posixpath.dirname(path), exist_ok=True)
-            # Write aside, then move into place: a reader never sees half a file.
-            partial = f"{path}.partial"
+            # Write aside under a name of its own, then move into place: a reader never
+            # sees half a file, and two writers of one snapshot never share a temporary.
+            partial = f"{path}.{uuid.uuid4().hex}.partial"
             with fs.open(partial, "wb") as handle:
                 handle.write(content)
             fs.mv(partial, path)
-        except OSError as exc:
-            raise ArtifactStoreUnavailable(f"could not write {location}: {exc}") from exc
+        except Exception as exc:  # OSError locally; botocore's own errors from S3
+            raise ArtifactStoreUnavailable(location, exc) from exc
 
     def _read(self, location: str, what: str) -> bytes:
         fs, path = self._storage.filesystem(location)
@@ -96,8 +119,8 @@ class ArtifactStore:
             return bytes(fs.cat_file(path))
         except FileNotFoundError:
             raise ArtifactNotFound(what) from None
-        except OSError as exc:
-            raise ArtifactStoreUnavailable(f"could not read {location}: {exc}") from exc
+        except Exception as exc:
+            raise ArtifactStoreUnavailable(location, exc) from exc
 
     def _size(self, location: str) -> int | None:
         fs, path = self._storage.filesystem(location)
@@ -106,8 +129,8 @@ class ArtifactStore:
             info: dict[str, Any] = fs.info(path)
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            raise ArtifactStoreUnavailable(f"could not look at {location}: {exc}") from exc
+        except Exception as exc:
+            raise ArtifactStoreUnavailable(location, exc) from exc
         return int(info.get("size") or 0)
 
     def save_snapshot(self, content: bytes) -> str:
@@ -127,15 +150,24 @@ class ArtifactStore:
             fs.rm_file(path)
         except FileNotFoundError:
             pass
-        except OSError as exc:
-            raise ArtifactStoreUnavailable(f"could not replace {path}: {exc}") from exc
+        except Exception as exc:
+            raise ArtifactStoreUnavailable(path, exc) from exc
 
     def read(self, run: Run, name: str) -> bytes:
         if name == HTML:
             return self.html(run)
-        return self._read(self._location(run, name),
-                          f"run #{run.id} has no {name} (yet)" if name == OUTPUT
-                          else f"the notebook snapshot of run #{run.id} is missing")
+        if name == OUTPUT:
+            return self._read(self._location(run, name), f"run #{run.id} has no {name} (yet)")
+        content = self._read(self._location(run, name),
+                             f"the notebook snapshot of run #{run.id} is missing")
+        assert run.notebook is not None  # _location refused runs without one
+        if hashlib.sha256(content).hexdigest() != run.notebook["sha256"]:
+            log.error("The snapshot of run %s does not match its sha256 %s", run.id,
+                      run.notebook["sha256"])
+            raise SnapshotChanged(f"the notebook snapshot of run #{run.id} has changed since "
+                                  "it was taken, so Dockyard will not serve or run it; tell "
+                                  "an administrator")
+        return content
 
     def output(self, run: Run) -> bytes | None:
         try:
@@ -150,7 +182,17 @@ class ArtifactStore:
             return self._read(location, "")
         except ArtifactNotFound:
             pass
-        rendered = render_html(self.read(run, OUTPUT))
+        executed = self.read(run, OUTPUT)
+        if len(executed) > HTML_MAX_BYTES:
+            raise NotebookNotShown(f"the executed notebook is larger than "
+                                   f"{HTML_MAX_BYTES // (1024 * 1024)} MB, too large to show "
+                                   "as a page; download output.ipynb instead")
+        try:
+            rendered = render_html(executed)
+        except Exception as exc:  # whatever the job sent, a page must not fail with a 500
+            log.warning("Run %s: its executed notebook cannot be rendered: %s", run.id, exc)
+            raise NotebookNotShown("the executed notebook cannot be shown as a page; "
+                                   "download output.ipynb instead") from exc
         self._write(location, rendered)
         return rendered
 

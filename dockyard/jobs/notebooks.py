@@ -10,6 +10,7 @@ executed notebook; see ``dockyard.jobs.artifacts`` for where both are kept.
 from __future__ import annotations
 
 import json
+import math
 import posixpath
 import re
 from dataclasses import dataclass
@@ -46,7 +47,6 @@ class NotebookFacts:
 
     kernel: str
     language: str
-    code_cells: int
 
 
 class HomeFileMissing(NotFound):
@@ -64,19 +64,22 @@ class HomeFiles(Protocol):
 
 # -- parameters ------------------------------------------------------------------------------
 def parameter_value(text: str) -> ParameterValue:
-    """A ``name=value`` value typed as papermill's ``-p`` types it: int, float, a boolean,
-    null, else the text itself."""
+    """A ``name=value`` value typed like papermill's ``-p``: int, float, True/False, None
+    (and, as JSON writes them, true/false/null), else the text itself."""
     for convert in (int, float):
         try:
-            return convert(text)
+            number = convert(text)
         except ValueError:
-            pass
-    lowered = text.strip()
-    if lowered in ("true", "True"):
+            continue
+        if isinstance(number, float) and not math.isfinite(number):
+            break  # "nan" and "inf" stay text: JSON has no such numbers
+        return number
+    stripped = text.strip()
+    if stripped in ("true", "True"):
         return True
-    if lowered in ("false", "False"):
+    if stripped in ("false", "False"):
         return False
-    if lowered in ("null", "None"):
+    if stripped in ("null", "None"):
         return None
     return text
 
@@ -110,6 +113,10 @@ def _not_identifier(name: str) -> str:
 def check_parameters(parameters: dict[str, Any]) -> list[FieldProblem]:
     problems = [FieldProblem("parameters", _not_identifier(name))
                 for name in parameters if not IDENTIFIER.match(name)]
+    problems += [FieldProblem("parameters", f"'{name[:60]}' is not a finite number; give a "
+                              "number, or the text in quotes")
+                 for name, value in parameters.items()
+                 if isinstance(value, float) and not math.isfinite(value)]
     if len(parameters) > MAX_PARAMETERS:
         problems.append(FieldProblem("parameters", f"at most {MAX_PARAMETERS} parameters"))
     elif len(json.dumps(parameters)) > MAX_PARAMETER_BYTES:
@@ -150,8 +157,7 @@ def read_notebook(content: bytes, max_bytes: int) -> tuple[NotebookFacts | None,
         return None, [FieldProblem("notebook", "the notebook names no kernel "
                                    "(metadata.kernelspec.name); open it in JupyterLab, "
                                    "choose a kernel and save it")]
-    code_cells = sum(1 for cell in notebook.cells if cell.get("cell_type") == "code")
-    return NotebookFacts(kernel=kernel, language=language, code_cells=code_cells), []
+    return NotebookFacts(kernel=kernel, language=language), []
 
 
 def check_image_runs(contents: dict[str, Any] | None, reference: str,
@@ -221,23 +227,28 @@ def home_path(path: str, home_dir: str = "/home/jovyan") -> str | None:
 def failed_cell(executed: bytes) -> str | None:
     """Where an executed notebook failed, as a sentence: the cell's number in the notebook
     as submitted (cells papermill added are not counted) and the error. Not its ``In [n]``:
-    papermill's injected parameters cell shifts those by one, which would mislead."""
+    papermill's injected parameters cell shifts those by one, which would mislead.
+    None when no cell failed, or when the notebook cannot be read: whatever a job sent,
+    this never raises."""
     try:
-        notebook = json.loads(executed)
-    except (ValueError, UnicodeDecodeError):
+        return _failed_cell(json.loads(executed))
+    except (ValueError, TypeError, AttributeError, KeyError, RecursionError):
         return None
+
+
+def _failed_cell(notebook: dict[str, Any]) -> str | None:
     number = 0
     for cell in notebook.get("cells", []):
         tags = (cell.get("metadata") or {}).get("tags") or []
         added = "injected-parameters" in tags or "papermill-error-cell-tag" in tags \
-            or (cell.get("id") or "").startswith("papermill-error-cell")
+            or str(cell.get("id") or "").startswith("papermill-error-cell")
         if added:
             continue
         number += 1
         for output in cell.get("outputs") or []:
             if output.get("output_type") == "error":
-                where = f"cell {number}"
                 evalue = str(output.get("evalue", "")).strip().splitlines()
-                error = output.get("ename", "Error") + (f": {evalue[0][:300]}" if evalue else "")
-                return f"{where}: {error}"
+                error = str(output.get("ename", "Error"))[:100] + (
+                    f": {evalue[0][:300]}" if evalue else "")
+                return f"cell {number}: {error}"
     return None

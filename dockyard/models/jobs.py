@@ -114,7 +114,8 @@ class Run(Base):
     image: Mapped[str] = mapped_column(String(255), index=True)
     command: Mapped[Any] = mapped_column(JSON)
     #: "command", or "notebook": the command runs the snapshot in ``notebook`` with papermill.
-    kind: Mapped[str] = mapped_column(String(16), default=RunKind.COMMAND)
+    kind: Mapped[str] = mapped_column(String(16), default=RunKind.COMMAND,
+                                      server_default=RunKind.COMMAND.value)
     #: For a notebook run: its name, source, parameters, kernel and the snapshot's sha256
     #: (shared by its retries). NULL for a command run.
     notebook: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))

@@ -261,10 +261,18 @@ class Settings(BaseSettings):
         200, ge=1, le=4096, description="Largest executed notebook (MB) a notebook job may "
         "keep as its output (outputs with plots grow).",
     )
+    home_files_url: str = Field(
+        "", pattern=r"^(https?://\S+)?$",
+        description="Where the web service reads a file of a user's home (a notebook run "
+        "submitted by its path) when it has no Docker socket: the engine window's route, "
+        "which docker compose sets to http://engine-api:2375/dockyard/home-file. Empty: "
+        "the web service reads homes itself (Docker volumes or directories).",
+    )
     artifacts_root: str = Field(
         "", description="Where runs keep their files (notebook snapshots, executed notebooks): "
-        "a directory or s3://bucket/prefix. Default: DATA_ROOT/_artifacts, so under HOME in "
-        "the embedded default and in the S3 data root in production.",
+        "a directory or s3://bucket/prefix, out of reach of notebooks and jobs (never inside "
+        "the data root they write to). Default: HOME/artifacts, or s3://BUCKET/_artifacts "
+        "when the data root is in S3 (keep the containers' S3 key off that prefix).",
     )
     schedule_min_seconds: int = Field(
         60, ge=1, le=86400, description="Smallest gap (seconds) between two fire times of a "
@@ -419,7 +427,13 @@ class Settings(BaseSettings):
 
     @property
     def artifacts_dir(self) -> str:
-        return self.artifacts_root or f"{self.data_dir.rstrip('/')}/_artifacts"
+        """Runs' files: never under the data root, which notebooks and jobs can write."""
+        if self.artifacts_root:
+            return self.artifacts_root
+        if self.data_dir.startswith("s3://"):
+            bucket = self.data_dir[len("s3://"):].split("/", 1)[0]
+            return f"s3://{bucket}/_artifacts"
+        return str(self.home / "artifacts")
 
     @property
     def log_dir(self) -> Path:

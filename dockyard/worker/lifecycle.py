@@ -201,10 +201,10 @@ class RunLifecycle:
                 return None
             try:
                 executed = self.context.artifacts.output(run)
+                return failed_cell(executed) if executed else None
             except Exception as exc:  # storage down: the run still ends, with a plainer reason
                 log.warning("Could not read the executed notebook of run %s: %s", run_id, exc)
                 return None
-        return failed_cell(executed) if executed else None
 
     def settle(self, run_id: int, status: JobStatus, *, intent: RunState | None,
                start_error: str | None = None) -> None:

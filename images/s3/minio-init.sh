@@ -1,8 +1,10 @@
 #!/bin/sh
 # Run once per `docker compose up` by the s3-init service (image minio/mc): creates the
 # data catalog's bucket and the store user that notebooks and jobs write with. That user
-# may list, read and add objects in the bucket but never delete one: the batch-ID
-# pattern never deletes, and a user's code cannot destroy another's data. Idempotent.
+# may list the bucket, and read and add objects under data/ (the data root,
+# DOCKYARD_DATA_ROOT in docker-compose.yml) but never delete one: the batch-ID pattern
+# never deletes, and a user's code cannot destroy another's data. Runs' files
+# (_artifacts/: notebook snapshots, executed notebooks) are out of its reach. Idempotent.
 set -eu
 
 mc alias set store "$S3_ENDPOINT" "$S3_ACCESS_KEY" "$S3_SECRET_KEY" >/dev/null
@@ -23,7 +25,7 @@ cat >/tmp/dockyard-clients.json <<POLICY
     {"Effect": "Allow",
      "Action": ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload",
                 "s3:ListMultipartUploadParts"],
-     "Resource": ["arn:aws:s3:::$S3_BUCKET/*"]}
+     "Resource": ["arn:aws:s3:::$S3_BUCKET/data/*"]}
   ]
 }
 POLICY

@@ -86,6 +86,26 @@ def test_socket_ports_and_health(compose_binary: str, env_file: Path) -> None:
     assert services["web"]["environment"]["DOCKER_HOST"] == "tcp://engine-api:2375"
 
 
+def test_only_the_web_service_reaches_the_engine_window(compose_binary: str,
+                                                        env_file: Path) -> None:
+    config = Compose(env_file, "dyc-config").config()
+    services = config["services"]
+    # engine-api reads any user's home: notebooks and jobs (on `dockyard`) must not reach it.
+    assert config["networks"]["engine"]["internal"] is True
+    assert set(services["engine-api"]["networks"]) == {"engine"}
+    assert set(services["web"]["networks"]) == {"dockyard", "engine"}
+    for name in ("hub", "worker"):
+        assert "engine" not in set(services[name]["networks"]), name
+    web_env, window_env = services["web"]["environment"], services["engine-api"]["environment"]
+    assert web_env["DOCKYARD_HOME_FILES_URL"] == "http://engine-api:2375/dockyard/home-file"
+    # The window names and reads homes as the hub's spawner makes them.
+    for name in ("DOCKYARD_DOCKER_NAME_PREFIX", "DOCKYARD_NOTEBOOK_IMAGE"):
+        assert window_env[name] == web_env[name] == services["hub"]["environment"][name], name
+    assert not any(name in window_env for name in SECRET_NAMES)
+    assert not any("PASSWORD" in name or "SECRET" in name or "TOKEN" in name
+                   for name in window_env)
+
+
 def test_offline_override_builds_local_images(compose_binary: str, env_file: Path) -> None:
     services = Compose(env_file, "dyc-config", [PRODUCTION, OFFLINE]).config()["services"]
     assert services["db"]["image"] == "dockyard/postgres-offline:latest"

@@ -31,6 +31,7 @@ from tests.support.requirements import require_image
 pytestmark = pytest.mark.compose
 
 IMAGE = "dockyard/test:latest"  # notebook servers and the job
+NOTEBOOK_IMAGE = "dockyard/notebook:latest"  # a notebook job (papermill, the job runner)
 USER, USER_PASSWORD = "ada", "ada-notebook-pass-2024"
 NAMESPACE, TABLE = "e2e", "numbers"
 
@@ -197,6 +198,20 @@ def api(session_or_token: requests.Session | str, method: str, url: str,
     return session_or_token.request(method, url, timeout=60, **kwargs)
 
 
+#: A notebook in ada's home: its parameter cell is replaced by the run's parameters.
+REPORT_NOTEBOOK = {
+    "nbformat": 4, "nbformat_minor": 5,
+    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                "language": "python"}},
+    "cells": [
+        {"cell_type": "code", "id": "params", "metadata": {"tags": ["parameters"]},
+         "source": "rate = 1", "outputs": [], "execution_count": None},
+        {"cell_type": "code", "id": "result", "metadata": {},
+         "source": "print('RESULT', rate * 7)", "outputs": [], "execution_count": None},
+    ],
+}
+
+
 def wait_for(what: str, check, timeout: float = 180, every: float = 1.0):  # noqa: ANN001
     deadline = time.monotonic() + timeout
     last = None
@@ -297,6 +312,31 @@ def test_stack_end_to_end_with_restarts_and_a_restore(stack: Stack, tmp_path: Pa
                              f"print(int(load_dataframe('{NAMESPACE}', '{TABLE}')['n'].sum()))")
     assert loaded == "6"
 
+    # -- a notebook job from ada's home (read through engine-api), its files in S3 -----------
+    response = api(admin_token, "POST", hub.service("api/v1/images"),
+                   json={"reference": NOTEBOOK_IMAGE, "for_jobs": True})
+    assert response.status_code == 201, response.text
+    image_url = hub.service(f"api/v1/images/{response.json()['id']}")
+    wait_for("the notebook image's inspection",
+             lambda: "python3" in (api(admin_token, "GET", image_url).json()["kernels"] or []),
+             timeout=240)
+    response = api(ada_token, "PUT", f"{stack.url}/user/{USER}/api/contents/report.ipynb",
+                   json={"type": "notebook", "format": "json", "content": REPORT_NOTEBOOK})
+    assert response.status_code in (200, 201), response.text
+    response = api(ada_token, "POST", hub.service("api/v1/runs"), json={
+        "image": NOTEBOOK_IMAGE, "notebook": {"path": "report.ipynb"},
+        "parameters": {"rate": 7}})
+    assert response.status_code == 201, response.text
+    notebook_run = response.json()["id"]
+    done = wait_for("the notebook run", lambda: (
+        (state := run_state(stack, ada_token, notebook_run))["status"]
+        in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT") and state), timeout=240)
+    output_url = hub.service(f"api/v1/runs/{notebook_run}/artifacts/output.ipynb")
+    assert done["status"] == "SUCCEEDED", (done, api(ada_token, "GET", hub.service(
+        f"api/v1/runs/{notebook_run}/logs")).text[-2000:])
+    executed = api(ada_token, "GET", output_url)
+    assert executed.status_code == 200 and "RESULT 49" in executed.text
+
     # -- backup, lose everything, restore --------------------------------------------------
     backup = tmp_path / "backup"
     started = time.monotonic()
@@ -327,6 +367,8 @@ def test_stack_end_to_end_with_restarts_and_a_restore(stack: Stack, tmp_path: Pa
                                   hub.service(f"api/v1/runs/{run_id}/logs")).text
     assert api(ada_token, "GET",
                hub.service(f"api/v1/tables/{NAMESPACE}/{TABLE}")).status_code == 200
+    # The notebook run's executed copy came back with the data store.
+    assert api(ada_token, "GET", output_url).content == executed.content
 
     response = api(ada_token, "POST", f"{stack.url}/hub/api/users/{USER}/server", json={})
     assert response.status_code in (201, 202), response.text

@@ -93,10 +93,11 @@ def test_an_uploaded_notebook_is_queued_with_its_snapshot(api: FlaskClient,
     snapshot = api.get(f"/api/v1/runs/{run['id']}/artifacts/input.ipynb", headers=ALICE)
     assert snapshot.status_code == 200 and snapshot.data == ETL
     assert "attachment" in snapshot.headers["Content-Disposition"]
-    # Kept under HOME in the embedded default, named by its content.
-    kept = Path(catalog.home) / "data" / "_artifacts" / "notebooks" / \
-        f"{run['notebook']['sha256']}.ipynb"
+    # Kept under HOME in the embedded default, named by its content, and not in the data
+    # root, which notebook and job containers mount read-write.
+    kept = Path(catalog.home) / "artifacts" / "notebooks" / f"{run['notebook']['sha256']}.ipynb"
     assert kept.read_bytes() == ETL
+    assert not list(Path(catalog.data_dir).rglob("*.ipynb"))
     # The kind filter, and the run's job gets its notebook through its environment.
     notebooks = api.get("/api/v1/runs?kind=notebook", headers=ALICE).json["runs"]
     commands = api.get("/api/v1/runs?kind=command", headers=ALICE).json["runs"]
@@ -257,3 +258,68 @@ def test_the_failed_cell_is_found_in_an_executed_notebook() -> None:
     assert text == "cell 3: ValueError: boom"
     assert failed_cell(notebook("x = 1")) is None
     assert failed_cell(b"garbage") is None
+
+
+def test_what_a_job_sends_back_must_be_a_notebook(api: FlaskClient, catalog: Settings) -> None:
+    run_id = upload(api).json["id"]
+    token = f"dyr_{run_id}_sometestsecret"
+    set_run(catalog, run_id, status=RunState.RUNNING, token_hash=hash_token(token))
+    put = f"/api/v1/runs/{run_id}/artifacts/output.ipynb"
+    deep = b"[" * 100000 + b"]" * 100000
+    for body in (b'{"cells": [1]}', b'{"cells": 5}', deep, b"\xff\xfe", b"[]"):
+        answer = api.put(put, data=body, headers=auth(token))
+        assert answer.status_code == 422, (body[:20], answer.status_code)
+        assert problems(answer)["body"].startswith("not a valid notebook")
+    assert api.get(f"/api/v1/runs/{run_id}/artifacts/output.ipynb",
+                   headers=ALICE).status_code == 404
+
+
+def test_whatever_a_job_sent_the_failed_cell_never_raises() -> None:
+    for sent in (b'{"cells": [1]}', b'{"cells": 5}', b'{"cells": [{"outputs": [{"output_type":'
+                 b' "error", "ename": 7}]}]}', b"[" * 5000, b"null", b"\xff"):
+        failed_cell(sent)  # no exception, whatever it answers
+    assert failed_cell(b'{"cells": [{"id": 3, "outputs": [{"output_type": "error", '
+                       b'"ename": 7, "evalue": "x"}]}]}') == "cell 1: 7: x"
+
+
+@pytest.mark.parametrize(("form", "field", "words"), [
+    ({"notebook": '{"cells": []}'}, "notebook", "as a file part"),
+    ({"parameters": '{"x": NaN}'}, "parameters", "not a finite number"),
+    ({"parameters": "{not json"}, "parameters", ""),
+])
+def test_odd_multipart_forms_are_refused(api: FlaskClient, form: dict[str, str], field: str,
+                                         words: str) -> None:
+    data: dict[str, Any] = {"image": NOTEBOOK_IMAGE, **form}
+    if "notebook" not in form:
+        data["notebook"] = (io.BytesIO(ETL), "etl.ipynb")
+    answer = api.post("/api/v1/runs", data=data, headers=ALICE,
+                      content_type="multipart/form-data")
+    assert answer.status_code == 422, answer.json
+    assert words in problems(answer)[field]
+
+
+def test_two_notebooks_in_one_request_are_refused(api: FlaskClient) -> None:
+    answer = api.post("/api/v1/runs", headers=ALICE, content_type="multipart/form-data", data={
+        "image": NOTEBOOK_IMAGE,
+        "notebook": [(io.BytesIO(ETL), "a.ipynb"), (io.BytesIO(ETL), "b.ipynb")]})
+    assert answer.status_code == 422 and "one notebook" in problems(answer)["notebook"]
+
+
+def test_a_changed_snapshot_is_never_served(api: FlaskClient, catalog: Settings) -> None:
+    run = upload(api).json
+    kept = Path(catalog.home) / "artifacts" / "notebooks" / f"{run['notebook']['sha256']}.ipynb"
+    kept.write_bytes(notebook("import os; os.system('steal')"))
+    answer = api.get(f"/api/v1/runs/{run['id']}/artifacts/input.ipynb", headers=ALICE)
+    assert answer.status_code == 409 and "has changed" in answer.json["detail"]
+
+
+def test_a_store_that_fails_is_a_503_and_queues_nothing(catalog: Settings) -> None:
+    blocked = Path(catalog.home) / "not-a-directory"
+    blocked.write_text("a file where the store's directory should be")
+    broken = Settings(home=catalog.home, artifacts_root=str(blocked / "artifacts"))
+    api = client_for(broken)
+    _prepare_images(broken)
+    answer = upload(api)
+    assert answer.status_code == 503, answer.json
+    assert str(blocked) not in answer.json["detail"]  # server paths stay in the log
+    assert api.get("/api/v1/runs", headers=ALICE).json["runs"] == []

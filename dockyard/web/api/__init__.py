@@ -21,6 +21,10 @@ registry = OpenAPIRegistry()
 
 def _parse_body(model: type[BaseModel], file_part: str | None = None) -> BaseModel:
     if file_part is not None and request.mimetype == "multipart/form-data":
+        if file_part in request.form and file_part not in request.files:
+            raise ApiError(422, "Invalid input", [{
+                "field": file_part, "message": f"send the file as a file part (curl: -F "
+                f"{file_part}=@FILE), not as text (-F {file_part}=<FILE)"}])
         return model.model_validate(_form_payload(model))
     if not request.is_json:
         also = f" (or as multipart/form-data with a file part '{file_part}')" if file_part else ""

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
+import nbformat
 from flask import Response, request, send_file
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -263,14 +263,14 @@ def _notebook_upload() -> NotebookFile | None:
     """The notebook file of a multipart request (part 'notebook'), if any."""
     if request.mimetype != "multipart/form-data":
         return None
-    upload = request.files.get("notebook")
-    if upload is not None:
-        return NotebookFile(name=upload.filename or "notebook.ipynb", content=upload.read(),
-                            source="upload")
-    if "notebook" in request.form:
-        raise Invalid([{"field": "notebook", "message": "send the notebook as a file part "
-                        "(curl: -F notebook=@etl.ipynb), not as a text field"}])
-    return None
+    # A text part named 'notebook' was refused with the body (see route's file_part).
+    uploads = request.files.getlist("notebook")
+    if len(uploads) > 1:
+        raise Invalid([{"field": "notebook", "message": "send one notebook"}])
+    if not uploads:
+        return None
+    return NotebookFile(name=uploads[0].filename or "notebook.ipynb",
+                        content=uploads[0].read(), source="upload")
 
 
 @route("/definitions", "POST", tag="jobs", body=DefinitionIn, response=DefinitionOut, status=201,
@@ -555,11 +555,12 @@ def put_artifact(run_id: int, name: str) -> Response:
                          "as they were")
     content = request.get_data(cache=False)
     try:
-        notebook = json.loads(content)
-    except ValueError:
-        notebook = None
-    if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
-        raise Invalid([{"field": "body", "message": "not a notebook: send the executed "
-                        ".ipynb JSON"}])
+        # The whole notebook format, not only its JSON: the pages and the worker's reading
+        # of the failed cell rely on it.
+        nbformat.validate(nbformat.reads(content.decode("utf-8"), as_version=4))
+    except Exception as exc:  # JSON, encoding, nbformat: each its own exception type
+        message = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise Invalid([{"field": "body", "message": "not a valid notebook (send the executed "
+                        f".ipynb JSON): {message}"}]) from None
     artifacts().save_output(run, content)
     return Response(status=204)
