@@ -102,4 +102,5 @@ def test_the_jobs_cli_submits_follows_lists_and_cancels(running_hub: RunningHub)
     assert dockyard("cancel", str(slow_id)).returncode == 0
     assert wait_final(running_hub, headers, slow_id)["status"] == "CANCELLED"
     bad = dockyard("submit", "--image", "nowhere/unknown:1", "--", "true")
-    assert bad.returncode == 1 and "image: Image 'nowhere/unknown:1' is not in" in bad.stderr
+    # Refused input, like a usage error: exit 2, one "field: message" line per problem.
+    assert bad.returncode == 2 and "image: Image 'nowhere/unknown:1' is not in" in bad.stderr
