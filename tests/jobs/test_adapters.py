@@ -284,7 +284,7 @@ def fake_run(**overrides: object) -> SimpleNamespace:
     values: dict[str, object] = dict(id=7, attempt=1, owner="alice", image="img:1",
                                      command="echo hi", cpu=1.0, memory_mb=256, gpu=0,
                                      env={"MINE": "1"}, queued_at=T0, kind="command",
-                                     notebook=None)
+                                     notebook=None, trigger=None)
     values.update(overrides)
     return SimpleNamespace(**values)
 
