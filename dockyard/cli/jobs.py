@@ -381,7 +381,7 @@ def _backfill_list(answer: Any) -> list[dict[str, Any]]:
 
 
 def _trigger_words(definition: dict[str, Any]) -> list[str]:
-    from dockyard.web.trigger_words import describe_after, describe_on_batch, describe_schedule
+    from dockyard.jobs.trigger_words import describe_after, describe_on_batch, describe_schedule
 
     said = []
     if definition.get("schedule"):

@@ -199,7 +199,9 @@ class DefinitionIn(JobFieldsIn):
     parameters: NotebookParameters | None = Field(
         None, description="A notebook definition's parameters, given to each of its runs.")
     schedule: ScheduleIn | None = Field(None, description="Run on a schedule.")
-    paused: bool = Field(False, description="A paused definition's schedule does not fire.")
+    paused: bool = Field(False, description="A paused definition's triggers do not fire "
+                         "(schedule, after, on_batch); ticks, upstream runs and batches that "
+                         "come while paused are never fired later.")
     after: AfterIn | None = Field(None, description="Run after another definition's runs.")
     on_batch: OnBatchIn | None = Field(None, description="Run on each new batch of a table.")
 

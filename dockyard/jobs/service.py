@@ -11,6 +11,7 @@ import base64
 import binascii
 import fnmatch
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal, Protocol
@@ -55,8 +56,9 @@ DEFAULT_CPU = 1.0
 DEFAULT_MEMORY_MB = 1024
 RUN_FIELDS = ("image", "command", "cpu", "memory_mb", "gpu", "env", "timeout_seconds",
               "max_retries", "pool")
-#: What a retry copies besides RUN_FIELDS: a notebook run's retry runs the same snapshot.
-ATTEMPT_FIELDS = (*RUN_FIELDS, "kind", "notebook")
+#: What a retry copies besides RUN_FIELDS: a notebook run's retry runs the same snapshot;
+#: a fired run's retry keeps what fired it (and so its DOCKYARD_TRIGGER_* environment).
+ATTEMPT_FIELDS = (*RUN_FIELDS, "kind", "notebook", "trigger")
 
 
 class Caller(Protocol):
@@ -183,12 +185,27 @@ def _definition_values(session: Session, caller: Caller, body: DefinitionIn, lim
         if not values["command"]:
             problems.append(FieldProblem("command", "give a command (or a notebook)"))
     problems += limits.check(values)
-    problems += _check_pool(limits, values["pool"], caller)
     owner = current.owner if current is not None else caller.name
     problems += _trigger_values(session, owner, body, limits, current, values)
+    problems += _check_definition_pool(limits, values, caller, owner)
     if problems:
         raise InvalidJob(problems)
     return values, snapshot
+
+
+def _check_definition_pool(limits: JobLimits, values: dict[str, Any], caller: Caller,
+                           owner: str) -> list[FieldProblem]:
+    """The caller must be able to use the pool; and a definition with triggers fires runs
+    as its owner (never as an admin, see run_from_definition), so its owner must too:
+    otherwise it would save, and every fired run would fail."""
+    problems = _check_pool(limits, values["pool"], caller)
+    if problems or not (values["schedule"] or values["after"] or values["on_batch"]):
+        return problems
+    problem = limits.pools.problem(values["pool"], _Owner(owner))
+    if problem is None:
+        return []
+    return [FieldProblem("pool", f"its triggers start runs as {owner}, and {owner} may not "
+                         f"use pool '{values['pool']}'")]
 
 
 def _trigger_values(session: Session, owner: str, body: DefinitionIn, limits: JobLimits,
@@ -217,6 +234,10 @@ def _trigger_values(session: Session, owner: str, body: DefinitionIn, limits: Jo
                                               body.on_batch.partition)
             values["on_batch_table_id"] = table.id
         values["on_batch"] = body.on_batch.model_dump()
+    if current is None or (values["after"], values["on_batch"]) != (current.after,
+                                                                    current.on_batch):
+        # The new after/on_batch answer to what happens from now on only.
+        values["triggers_since"] = utcnow() if values["after"] or values["on_batch"] else None
     if not problems:
         values["next_fire_at"] = _next_fire_at(values["schedule"], values["paused"], utcnow())
     return problems
@@ -325,7 +346,8 @@ def update_definition(session: Session, caller: Caller, definition_id: int, body
 
 
 def pause_definition(session: Session, caller: Caller, definition_id: int) -> JobDefinition:
-    """Stop the definition's schedule from firing (its other triggers too) until resumed."""
+    """Stop all the definition's triggers (schedule, after, on_batch) until resumed; what
+    comes while paused (ticks, upstream run ends, batches) is never fired later."""
     definition = get_definition(session, caller, definition_id)
     definition.paused = True
     definition.next_fire_at = None
@@ -428,7 +450,7 @@ def _partition_items(session: Session, definition: JobDefinition, pattern: dict[
     )
     items: list[dict[str, Any]] = []
     for partition, batch_id, values in current:
-        if _partition_matches(pattern, values or {}):
+        if partition_matches(pattern, values or {}):
             items.append({"namespace": table.namespace, "table": table.name,
                           "partition": partition, "batch_id": batch_id})
             if len(items) > limits.backfill_max_items:
@@ -443,12 +465,13 @@ def _partition_items(session: Session, definition: JobDefinition, pattern: dict[
     return items
 
 
-def _partition_matches(pattern: dict[str, str], values: dict[str, Any]) -> bool:
-    """Each key of the pattern is the exact value or matches it as an fnmatch pattern."""
+def partition_matches(pattern: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
+    """Each key of the pattern is the exact value or matches it as an fnmatch pattern (keys
+    it does not name match anything): what a backfill and an on_batch trigger both ask."""
     for key, wanted in pattern.items():
         if key not in values:
             return False
-        value = str(values[key])
+        value, wanted = str(values[key]), str(wanted)
         if value != wanted and not fnmatch.fnmatchcase(value, wanted):
             return False
     return True
@@ -471,7 +494,12 @@ def _day_items(definition: JobDefinition, body: BackfillIn,
     zone = ZoneInfo(schedules.with_defaults(definition.schedule)["timezone"])
     items: list[dict[str, Any]] = []
     for offset in range(days):
-        tick = _first_tick_of(definition.schedule, body.from_ + timedelta(days=offset), zone)
+        try:
+            tick = _first_tick_of(definition.schedule, body.from_ + timedelta(days=offset),
+                                  zone)
+        except OverflowError:  # the first or last day of year 1 or 9999
+            raise _problem("from" if offset == 0 else "to", "Dockyard works out days "
+                           "from 0001-01-02 to 9999-12-30") from None
         if tick is not None:
             items.append({"tick": tick.isoformat()})
     if not items:
@@ -496,7 +524,8 @@ def list_backfills(session: Session, caller: Caller, definition_id: int) -> list
 
 
 def backfill_active(session: Session, backfill: Backfill) -> int:
-    """How many of the backfill's runs are still queued or running."""
+    """How many of the backfill's runs are still queued or running (the pages show it; the
+    worker starts more while it is below ``max_parallel``)."""
     return session.scalar(
         select(func.count()).select_from(TriggerFire)
         .join(Run, Run.id == TriggerFire.run_id)

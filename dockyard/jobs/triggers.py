@@ -4,7 +4,6 @@ which batches and upstream outcomes a definition's triggers answer to."""
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dockyard.jobs.pools import PoolPolicy
-from dockyard.jobs.service import run_from_definition
+from dockyard.jobs.service import partition_matches, run_from_definition
 from dockyard.models import JobDefinition, Run, RunState, TriggerFire
 
 #: Which final states each ``after.on`` answers to. A cancelled run was stopped on
@@ -61,13 +60,18 @@ def fire(session: Session, definition: JobDefinition, key: str, trigger: dict[st
     """Queue one run of ``definition`` for ``key``, once ever: the unique (definition, key)
     row is inserted in the same transaction as the run, so a second firing (another
     worker, or a restart before the commit) finds it and returns None. The caller
-    commits. With ``pools``, a pool the owner may no longer use fails the run, saying so."""
-    record = _claim_key(session, definition, key, "started")
-    if record is None:
-        return None
-    run = run_from_definition(session, definition, trigger=trigger, actor=actor,
-                              reason=reason, pools=pools)
-    record.run_id = run.id
+    commits. With ``pools``, a pool the owner may no longer use fails the run, saying so.
+
+    All of it is one SAVEPOINT: when making the run fails, the key is not kept either, so
+    no caller can commit a firing without its run."""
+    with session.begin_nested():
+        record = _claim_key(session, definition, key, "started")
+        if record is None:
+            return None
+        run = run_from_definition(session, definition, trigger=trigger, actor=actor,
+                                  reason=reason, pools=pools)
+        record.run_id = run.id
+        session.flush()
     return run
 
 
@@ -118,13 +122,7 @@ def batch_matches(on_batch: Mapping[str, Any], namespace: str, table: str,
     the fnmatch pattern (keys it does not name match anything)."""
     if on_batch.get("namespace") != namespace or on_batch.get("table") != table:
         return False
-    for key, pattern in (on_batch.get("partition") or {}).items():
-        if key not in values:
-            return False
-        value, wanted = str(values[key]), str(pattern)
-        if value != wanted and not fnmatch.fnmatchcase(value, wanted):
-            return False
-    return True
+    return partition_matches(on_batch.get("partition") or {}, values)
 
 
 def after_matches(on: str, status: RunState) -> bool:

@@ -95,7 +95,8 @@ class PointerHistory(Base):
     action: Mapped[PointerAction] = mapped_column(Enum(PointerAction, native_enum=False, length=12))
     actor: Mapped[str] = mapped_column(String(64))
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Indexed: the worker's trigger thread looks again at the last minute of commits.
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class BatchRead(Base):

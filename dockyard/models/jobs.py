@@ -90,6 +90,9 @@ class JobDefinition(Base):
     on_batch_table_id: Mapped[int | None] = mapped_column(
         ForeignKey("tables.id", ondelete="SET NULL"), index=True
     )
+    #: When ``after`` or ``on_batch`` last changed: they answer to runs that end and
+    #: batches committed from then on, never to earlier ones. NULL without either.
+    triggers_since: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -175,7 +178,8 @@ class RunEvent(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Indexed: the worker's trigger thread looks again at the last minute of events.
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     from_status: Mapped[str | None] = mapped_column(String(16))
     to_status: Mapped[str] = mapped_column(String(16))
     actor: Mapped[str] = mapped_column(String(64))
@@ -225,7 +229,6 @@ class Backfill(Base):
     max_parallel: Mapped[int] = mapped_column(default=2)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
-    cancelled: Mapped[bool] = mapped_column(default=False)
 
 
 class TriggerCursor(Base):

@@ -37,6 +37,7 @@ from dockyard.jobs.notebooks import NotebookFile, parse_parameter_lines
 from dockyard.jobs.run_logs import log_path, read_log
 from dockyard.jobs.schemas import BackfillIn, DefinitionIn, FieldProblem, JobLimits, RunIn
 from dockyard.jobs.service import InvalidJob, JobConflict, JobNotFound, RunFilters
+from dockyard.jobs.trigger_words import describe_triggers, in_zone, parse_instant
 from dockyard.models import (
     FINAL_STATES,
     MAX_ID,
@@ -50,7 +51,6 @@ from dockyard.models import (
 from dockyard.web.auth import User, current_user, page_login_required
 from dockyard.web.context import artifacts, db, homes, settings, write_db
 from dockyard.web.errors import validation_detail
-from dockyard.web.trigger_words import describe_triggers, in_zone, parse_instant
 
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
 
@@ -737,7 +737,7 @@ def _next_fires(definition: JobDefinition) -> list[dict[str, datetime]]:
 def _backfill_progress(backfills: list[Backfill]) -> list[dict[str, Any]]:
     """Each backfill with how far it has come: runs in all, started, active now."""
     return [{"id": b.id, "created_at": b.created_at, "finished_at": b.finished_at,
-             "cancelled": b.cancelled, "max_parallel": b.max_parallel,
+             "max_parallel": b.max_parallel,
              "items_total": len(b.items), "started": b.next_index,
              "active": service.backfill_active(db(), b)} for b in backfills]
 
@@ -855,8 +855,8 @@ def pause_definition(definition_id: int) -> Any:
 def resume_definition(definition_id: int) -> Any:
     with _found():
         service.resume_definition(write_db(), _caller(), definition_id)
-    flash("Resumed: its triggers fire again (a schedule from its next tick on; ticks that "
-          "passed while paused are not made up).", "info")
+    flash("Resumed: its triggers fire again (a schedule from its next tick on; ticks, "
+          "upstream runs and batches that came while paused are not made up).", "info")
     return redirect(url_for("jobs.definition_page", definition_id=definition_id), code=303)
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from dockyard.db import transaction
 from dockyard.jobs.pools import PoolPolicy
 from dockyard.jobs.schedules import fire_times
+from dockyard.jobs.service import backfill_active
 from dockyard.jobs.triggers import (
     after_key,
     backfill_key,
@@ -58,19 +59,25 @@ log = logging.getLogger(__name__)
 RESCAN_SECONDS = 60
 #: The longest the thread sleeps between passes (new run events and batches wait this long).
 IDLE_SECONDS = 1.0
-#: When a schedule could not be worked out, it is tried again this much later.
+#: When a schedule could not be worked out or fired, this thread tries it again this much
+#: later (its ``next_fire_at`` stays on the real tick).
 RETRY_SECONDS = 60
 #: The shortest sleep between passes.
 MIN_SLEEP_SECONDS = 0.02
 #: Due schedules fired per transaction: the loop claims the first runs while the next
 #: are fired (on SQLite the firing holds the write lock).
 SCHEDULES_PER_TRANSACTION = 50
-#: Rows one pass takes from each scan; the rest wait for the next pass (at once).
+#: Rows one pass takes from each scan; the rest wait for the next pass (which a worker
+#: starts after its usual sleep, at most IDLE_SECONDS).
 SCAN_LIMIT = 500
 #: How far back a "missed" look for the latest due tick goes after a long downtime.
 MISSED_LOOKBACK = timedelta(days=2)
 UNFINISHED = (RunState.QUEUED, RunState.PENDING, RunState.RUNNING)
 _FINAL_VALUES = tuple(state.value for state in FINAL_STATES)
+
+
+#: The due ticks of a schedule (oldest first) and its first tick after now (None: never).
+_Ticks = tuple[list[datetime], datetime | None]
 
 
 def tick_iso(tick: datetime) -> str:
@@ -90,6 +97,9 @@ class TriggerThread:
         self.pools = PoolPolicy.from_settings(context.settings)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        #: Definition id → when this thread may try its schedule again after a firing
+        #: failed. In memory: a restart (or another worker) simply tries at once.
+        self._not_before: dict[int, datetime] = {}
 
     def start(self, stop: threading.Event) -> None:
         self._stop = stop
@@ -123,12 +133,16 @@ class TriggerThread:
                 + self.advance_backfills())
 
     def seconds_to_next_tick(self) -> float:
-        """Sleep until the next due schedule, at most IDLE_SECONDS."""
+        """Sleep until the next due schedule (or retry of one that failed), at most
+        IDLE_SECONDS."""
+        held = self._held(utcnow())
         with self.context.reads() as session:
             upcoming = session.scalar(
                 select(func.min(JobDefinition.next_fire_at))
                 .where(JobDefinition.next_fire_at.is_not(None),
-                       JobDefinition.paused.is_(False)))
+                       JobDefinition.paused.is_(False), JobDefinition.id.not_in(held)))
+        upcoming = min([*([upcoming] if upcoming is not None else []),
+                        *self._not_before.values()], default=None)
         if upcoming is None:
             return IDLE_SECONDS
         # A due row another worker holds locked is skipped, not waited for: look again
@@ -136,47 +150,80 @@ class TriggerThread:
         return max(MIN_SLEEP_SECONDS, min(IDLE_SECONDS, (upcoming - utcnow()).total_seconds()))
 
     # -- schedules -----------------------------------------------------------------------
+    def _held(self, now: datetime) -> list[int]:
+        """The definitions whose schedule failed lately and waits for its retry."""
+        self._not_before = {id_: at for id_, at in self._not_before.items() if at > now}
+        return list(self._not_before)
+
+    def _hold(self, definition_id: int, now: datetime) -> None:
+        log.exception("Schedule of definition %s failed; next try in %d s", definition_id,
+                      RETRY_SECONDS)
+        self._not_before[definition_id] = now + timedelta(seconds=RETRY_SECONDS)
+
     def fire_schedules(self) -> int:
         queued = 0
-        with self.context.reads() as session:
-            if session.scalar(select(JobDefinition.id).where(
-                    JobDefinition.next_fire_at <= utcnow(),
-                    JobDefinition.paused.is_(False)).limit(1)) is None:
-                return 0
         while True:
             now = utcnow()
+            held = self._held(now)
+            with self.context.reads() as session:
+                rows = session.execute(
+                    select(JobDefinition.id, JobDefinition.schedule, JobDefinition.next_fire_at)
+                    .where(JobDefinition.next_fire_at <= now, JobDefinition.paused.is_(False),
+                           JobDefinition.schedule.is_not(None),
+                           JobDefinition.id.not_in(held))
+                    .order_by(JobDefinition.next_fire_at, JobDefinition.id)
+                    .limit(SCHEDULES_PER_TRANSACTION)).all()
+            if not rows:
+                return queued
+            # The due ticks are worked out before the write transaction: after a long
+            # downtime that is many ticks, and on SQLite the write lock stops every writer.
+            planned: dict[int, tuple[Any, datetime, _Ticks]] = {}
+            for row in rows:
+                try:
+                    planned[row.id] = (row.schedule, row.next_fire_at,
+                                       self._due_ticks(row.schedule, row.next_fire_at, now))
+                except Exception:  # one definition's schedule must not stop the others
+                    self._hold(row.id, now)
+            if not planned:
+                continue  # held now: the next read leaves them out
             with transaction(self.context.writes) as session:
                 due = (select(JobDefinition)
-                       .where(JobDefinition.next_fire_at <= now,
+                       .where(JobDefinition.id.in_(list(planned)),
+                              JobDefinition.next_fire_at <= now,
                               JobDefinition.paused.is_(False),
                               JobDefinition.schedule.is_not(None))
-                       .order_by(JobDefinition.next_fire_at, JobDefinition.id)
-                       .limit(SCHEDULES_PER_TRANSACTION))
+                       .order_by(JobDefinition.next_fire_at, JobDefinition.id))
                 if self.context.on_postgres:
                     # Another worker's due rows are its own: skip them rather than wait.
                     due = due.with_for_update(skip_locked=True, of=JobDefinition)
                 definitions = list(session.scalars(due))
                 for definition in definitions:
+                    schedule, first, ticks = planned[definition.id]
                     try:
                         with session.begin_nested():
-                            queued += self._fire_schedule(session, definition, now)
+                            if (schedule, first) != (definition.schedule,
+                                                     definition.next_fire_at):
+                                # Saved again since it was read: work its ticks out anew.
+                                assert definition.next_fire_at is not None
+                                ticks = self._due_ticks(definition.schedule or {},
+                                                        definition.next_fire_at, now)
+                            queued += self._fire_schedule(session, definition, ticks, now)
                     except SQLAlchemyError:
                         raise
                     except Exception:  # one definition's schedule must not stop the others
-                        log.exception("Schedule of definition %s failed; next try in %d s",
-                                      definition.id, RETRY_SECONDS)
-                        definition.next_fire_at = now + timedelta(seconds=RETRY_SECONDS)
+                        self._hold(definition.id, now)
             if queued:
                 self.wake()
-            if len(definitions) < SCHEDULES_PER_TRANSACTION or self._stop.is_set():
+            if (len(rows) < SCHEDULES_PER_TRANSACTION or len(definitions) < len(rows)
+                    or self._stop.is_set()):
                 return queued
 
-    def _fire_schedule(self, session: Session, definition: JobDefinition, now: datetime) -> int:
+    def _fire_schedule(self, session: Session, definition: JobDefinition, ticks: _Ticks,
+                       now: datetime) -> int:
         """Fire the definition's latest due tick (per its ``missed`` policy), then move its
         ``next_fire_at`` past now."""
         schedule = definition.schedule or {}
-        assert definition.next_fire_at is not None
-        due, next_tick = self._due_ticks(schedule, definition.next_fire_at, now)
+        due, next_tick = ticks
         grace = self.context.settings.schedule_missed_grace_seconds
         latest = due[-1]
         missed = [tick for tick in due if (now - tick).total_seconds() > grace]
@@ -191,12 +238,14 @@ class TriggerThread:
             record_skip(session, definition, schedule_key(tick_iso(missed[-1])),
                         f"missed {len(missed)} tick(s), the last by {late} s "
                         "(no worker was running)")
-        definition.next_fire_at = next_tick
+        # A Core update that keeps updated_at: a firing is not an edit of the definition.
+        session.execute(update(JobDefinition).where(JobDefinition.id == definition.id)
+                        .values(next_fire_at=next_tick, updated_at=JobDefinition.updated_at)
+                        .execution_options(synchronize_session=False))
         return queued
 
     @staticmethod
-    def _due_ticks(schedule: dict[str, Any], first: datetime,
-                   now: datetime) -> tuple[list[datetime], datetime | None]:
+    def _due_ticks(schedule: dict[str, Any], first: datetime, now: datetime) -> _Ticks:
         """The ticks from ``first`` to ``now`` (after a long downtime, only ``first`` and
         those of the last MISSED_LOOKBACK), and the first tick after ``now``."""
         due = [first]
@@ -230,7 +279,12 @@ class TriggerThread:
     def _cancel_for_replace(self, session: Session, definition: JobDefinition,
                             run_ids: list[int]) -> None:
         """Ask for the cancel of the definition's active runs (the loop stops them), in the
-        firing's transaction, as its owner would."""
+        firing's transaction, as its owner would.
+
+        Not ``service.request_cancel``: that commits (the cancel and the replacing run
+        must commit together, or a crash between them leaves neither or only one), reads
+        the run through a caller's permission check, and refuses a run that has just
+        ended, which here is simply nothing left to replace."""
         for run_id in run_ids:
             status = session.execute(
                 update(Run).where(Run.id == run_id, Run.status.not_in(FINAL_STATES),
@@ -245,18 +299,21 @@ class TriggerThread:
                                             "run (concurrency: replace)"))
 
     def _fire(self, session: Session, definition: JobDefinition, key: str,
-              trigger: dict[str, Any], *, reason: str) -> Run | None:
+              trigger: dict[str, Any], *, reason: str,
+              record_failure: bool = False) -> Run | None:
         """``fire``, but a definition that cannot make a run is logged and passed over
         (it is tried again while its event is in the re-scanned window), so that it never
-        holds up the others' triggers."""
+        holds up the others' triggers. With ``record_failure`` the key is recorded as
+        skipped instead, saying why: it is not tried again."""
         try:
-            with session.begin_nested():
-                return fire(session, definition, key, trigger, actor=self.actor,
-                            pools=self.pools, reason=reason)
+            return fire(session, definition, key, trigger, actor=self.actor,
+                        pools=self.pools, reason=reason)
         except SQLAlchemyError:
             raise
-        except Exception:
+        except Exception as exc:
             log.exception("Definition %s could not fire %s", definition.id, key)
+            if record_failure:
+                record_skip(session, definition, key, f"could not fire: {exc}")
             return None
 
     # -- after a run ---------------------------------------------------------------------
@@ -291,8 +348,8 @@ class TriggerThread:
                 run = session.get(Run, run_id)
                 definition = session.get(JobDefinition, definition_id)
                 if run is None or definition is None or definition.paused \
-                        or ended_at[run_id] < definition.created_at:
-                    continue  # a definition follows the runs that end after it exists
+                        or ended_at[run_id] < _triggers_since(definition):
+                    continue  # a definition follows the runs that end after it says so
                 if not fires_after(session, run, (definition.after or {}).get("on",
                                                                                "succeeded")):
                     continue
@@ -371,7 +428,7 @@ class TriggerThread:
                 row = by_batch[batch_id]
                 definition = session.get(JobDefinition, definition_id)
                 if definition is None or definition.paused \
-                        or row.at < definition.created_at or not batch_matches(
+                        or row.at < _triggers_since(definition) or not batch_matches(
                         definition.on_batch or {}, row.namespace, row.name,
                         row.partition_values or partition_values(row.partition)):
                     continue
@@ -402,14 +459,9 @@ class TriggerThread:
         return queued
 
     def _advance_backfill(self, session: Session, backfill: Backfill) -> int:
-        active = session.scalar(
-            select(func.count()).select_from(TriggerFire)
-            .join(Run, Run.id == TriggerFire.run_id)
-            .where(TriggerFire.definition_id == backfill.definition_id,
-                   TriggerFire.key.like(f"backfill:{backfill.id}:%"),
-                   Run.status.in_(UNFINISHED))) or 0
+        active = backfill_active(session, backfill)
         definition = session.get(JobDefinition, backfill.definition_id)
-        if backfill.cancelled or definition is None:
+        if definition is None:
             if active == 0:
                 backfill.finished_at = utcnow()
             return 0
@@ -417,10 +469,13 @@ class TriggerThread:
         items = backfill.items or []
         while active < backfill.max_parallel and backfill.next_index < len(items):
             index = backfill.next_index
+            # An item is never tried again (next_index moves on): one that cannot fire is
+            # recorded as skipped, with why, for the definition's page.
             run = self._fire(session, definition, backfill_key(backfill.id, index),
                              {"kind": "backfill", "backfill_id": backfill.id,
                               "item": items[index]},
-                             reason=f"backfill #{backfill.id}, item {index + 1} of {len(items)}")
+                             reason=f"backfill #{backfill.id}, item {index + 1} of {len(items)}",
+                             record_failure=True)
             backfill.next_index = index + 1
             if run is not None:
                 queued += 1
@@ -455,3 +510,8 @@ class TriggerThread:
                         .where(TriggerCursor.name == name, TriggerCursor.position < position)
                         .values(position=position)
                         .execution_options(synchronize_session=False))
+
+
+def _triggers_since(definition: JobDefinition) -> datetime:
+    """From when the definition's after and on_batch triggers answer to events."""
+    return definition.triggers_since or definition.created_at

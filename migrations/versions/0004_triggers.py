@@ -33,7 +33,6 @@ def upgrade() -> None:
     sa.Column('max_parallel', sa.Integer(), nullable=False),
     sa.Column('created_at', dockyard.models.base.UTCDateTime(timezone=True), nullable=False),
     sa.Column('finished_at', dockyard.models.base.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('cancelled', sa.Boolean(), nullable=False),
     sa.ForeignKeyConstraint(['definition_id'], ['job_definitions.id'], name=op.f('fk_backfills_definition_id_job_definitions'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_backfills'))
     )
@@ -66,6 +65,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('after_definition_id', sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column('on_batch', sa.JSON(none_as_null=True), nullable=True))
         batch_op.add_column(sa.Column('on_batch_table_id', sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column('triggers_since', dockyard.models.base.UTCDateTime(timezone=True), nullable=True))
         batch_op.create_index(batch_op.f('ix_job_definitions_after_definition_id'), ['after_definition_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_job_definitions_next_fire_at'), ['next_fire_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_job_definitions_on_batch_table_id'), ['on_batch_table_id'], unique=False)
@@ -75,9 +75,21 @@ def upgrade() -> None:
     with op.batch_alter_table('runs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('trigger', sa.JSON(none_as_null=True), nullable=True))
 
+    # The trigger thread re-reads the last minute of run events and commits each pass.
+    with op.batch_alter_table('run_events', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_run_events_at'), ['at'], unique=False)
+
+    with op.batch_alter_table('pointer_history', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_pointer_history_at'), ['at'], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('pointer_history', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_pointer_history_at'))
+
+    with op.batch_alter_table('run_events', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_run_events_at'))
+
     with op.batch_alter_table('runs', schema=None) as batch_op:
         batch_op.drop_column('trigger')
 
@@ -87,6 +99,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_job_definitions_on_batch_table_id'))
         batch_op.drop_index(batch_op.f('ix_job_definitions_next_fire_at'))
         batch_op.drop_index(batch_op.f('ix_job_definitions_after_definition_id'))
+        batch_op.drop_column('triggers_since')
         batch_op.drop_column('on_batch_table_id')
         batch_op.drop_column('on_batch')
         batch_op.drop_column('after_definition_id')

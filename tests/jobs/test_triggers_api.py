@@ -515,3 +515,118 @@ def test_deleting_an_upstream_definition_ends_the_after_trigger(api: FlaskClient
     assert api.delete(f"/api/v1/definitions/{upstream['id']}", headers=ALICE).status_code == 204
     after = api.get(f"/api/v1/definitions/{downstream['id']}", headers=ALICE).json
     assert after["after"] is None
+
+
+# -- what a firing keeps ---------------------------------------------------------------------
+BATCH_TRIGGER = {"kind": "batch", "namespace": "sales", "table": "orders",
+                 "partition": "day=2024-01-01", "batch_id": "01BATCH"}
+
+
+def test_a_retried_fired_run_keeps_what_fired_it(api: FlaskClient, catalog: Settings) -> None:
+    from dockyard.jobs.triggers import trigger_env
+    from dockyard.worker.lifecycle import build_spec
+
+    created = define(api, "on-orders")
+    engine = make_engine(catalog.db_url)
+    try:
+        with make_session_factory(engine)() as session:
+            definition = session.get(JobDefinition, created["id"])
+            assert definition is not None
+            run = fire(session, definition, "batch:01BATCH", BATCH_TRIGGER,
+                       actor="scheduler", reason="new batch")
+            assert run is not None
+            run.status = RunState.FAILED  # it ended, and someone retries it
+            session.commit()
+            run_id = run.id
+    finally:
+        engine.dispose()
+    retried = api.post(f"/api/v1/runs/{run_id}/retry", headers=ALICE)
+    assert retried.status_code == 201, retried.json
+    assert retried.json["attempt"] == 2 and retried.json["trigger"] == BATCH_TRIGGER
+    attempt = stored(catalog, Run, retried.json["id"])
+    env = build_spec(attempt, token="t", dockyard_url="http://dockyard/").env
+    assert env["DOCKYARD_TRIGGER_BATCH_ID"] == "01BATCH"
+    assert trigger_env(BATCH_TRIGGER).items() <= env.items()
+
+
+def test_a_firing_whose_run_cannot_be_made_leaves_no_fire(api: FlaskClient,
+                                                          catalog: Settings) -> None:
+    from dockyard.models import TriggerFire
+
+    created = define(api, "ticks", schedule={"cron": "0 * * * *"})
+    engine = make_engine(catalog.db_url)
+    try:
+        with make_session_factory(engine)() as session:
+            definition = session.get(JobDefinition, created["id"])
+            assert definition is not None
+            key = "schedule:2024-01-01T00:00:00+00:00"
+            # A trigger that cannot be stored: making the run fails after the key was taken.
+            with pytest.raises(Exception):  # noqa: B017 (what matters is what is left)
+                fire(session, definition, key, {"kind": "schedule", "tick": object()},
+                     actor="scheduler", reason="schedule")
+            session.commit()  # a caller that carries on and commits its other work
+            assert session.scalars(select(TriggerFire)).all() == []
+            assert session.scalars(select(Run)).all() == []
+            # The key is still free: the tick fires once it can.
+            again = fire(session, definition, key, {"kind": "schedule", "tick": "x"},
+                         actor="scheduler", reason="schedule")
+            session.commit()
+            assert again is not None
+    finally:
+        engine.dispose()
+
+
+def test_after_and_on_batch_answer_from_when_they_were_set(api: FlaskClient,
+                                                           catalog: Settings,
+                                                           orders: list[str]) -> None:
+    plain = define(api, "plain")
+    assert stored(catalog, JobDefinition, plain["id"]).triggers_since is None
+    on_orders = {"namespace": "sales", "table": "orders", "partition": {"day": "2024-*"}}
+    # Added by an edit: from the edit on, not from when the definition was made.
+    assert replace(api, plain, on_batch=on_orders).status_code == 200
+    since = stored(catalog, JobDefinition, plain["id"]).triggers_since
+    assert since is not None
+    assert since > stored(catalog, JobDefinition, plain["id"]).created_at
+    # Saved again with the same triggers (a new schedule): unchanged.
+    assert replace(api, plain, on_batch=on_orders,
+                   schedule={"cron": "0 6 * * *"}).status_code == 200
+    assert stored(catalog, JobDefinition, plain["id"]).triggers_since == since
+    # A different pattern is a new trigger.
+    changed = replace(api, plain, on_batch={**on_orders, "partition": {"day": "2025-*"}})
+    assert changed.status_code == 200
+    assert stored(catalog, JobDefinition, plain["id"]).triggers_since > since
+    upstream = define(api, "load")
+    follower = define(api, "report", after={"definition_id": upstream["id"]})
+    assert stored(catalog, JobDefinition, follower["id"]).triggers_since is not None
+    # Without either, there is nothing to answer.
+    assert replace(api, plain).status_code == 200
+    assert stored(catalog, JobDefinition, plain["id"]).triggers_since is None
+
+
+def test_a_triggered_definition_needs_a_pool_its_owner_may_use(catalog: Settings) -> None:
+    from dockyard.settings.job_pools import JobPoolConfig
+
+    api = client_for(catalog.model_copy(update={"job_pools": {
+        "team": JobPoolConfig(backend="local", users=["alice"])}}))
+    # An admin may send runs there by hand, so a definition without triggers saves...
+    define(api, "by-hand", headers=ADMIN, pool="team")
+    # ...but triggers fire runs as the definition's owner, whom the pool does not list.
+    refused = define(api, "nightly", headers=ADMIN, expect=422, pool="team",
+                     schedule={"cron": "0 6 * * *"})
+    assert "admin may not use pool 'team'" in {p["field"]: p["message"]
+                                               for p in refused["detail"]}["pool"]
+    # An admin editing alice's definition is checked as alice: she is listed.
+    mine = define(api, "mine")
+    edited = replace(api, mine, headers=ADMIN, pool="team", schedule={"cron": "0 6 * * *"})
+    assert edited.status_code == 200, edited.json
+
+
+def test_a_backfill_past_the_calendar_names_its_field(api: FlaskClient) -> None:
+    daily = define(api, "daily", schedule={"cron": "0 6 * * *", "timezone": "Europe/Berlin"})
+    url = f"/api/v1/definitions/{daily['id']}/backfills"
+    first = api.post(url, headers=ALICE, json={"from": "0001-01-01", "to": "0001-01-03"})
+    assert first.status_code == 422, first.json
+    assert "from" in problems(first)
+    last = api.post(url, headers=ALICE, json={"from": "9999-12-29", "to": "9999-12-31"})
+    assert last.status_code == 422, last.json
+    assert "to" in problems(last)

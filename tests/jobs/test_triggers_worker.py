@@ -233,6 +233,8 @@ def test_missed_and_concurrency_policies(sqlite_site: Installation) -> None:
     due = utcnow() - timedelta(seconds=1)
     site.schedule(forbid, due)
     site.schedule(replace, due)
+    with site.sessions() as session:
+        edited = {d.id: d.updated_at for d in session.scalars(select(JobDefinition))}
 
     def fired(definition_id: int) -> list[TriggerFire]:
         return site.fires(definition_id)
@@ -249,6 +251,11 @@ def test_missed_and_concurrency_policies(sqlite_site: Installation) -> None:
     tick = once_run.trigger["tick"]
     assert utcnow() - timedelta(minutes=2) < datetime.fromisoformat(tick) <= utcnow()
     assert f"tick={tick}" in site.output(once_run.id)
+    # Exactly one run for the collapsed ticks (later runs are for later, real ticks).
+    collapsed = [r.id for r in site.runs(once)
+                 if datetime.fromisoformat(r.trigger["tick"]) <= datetime.fromisoformat(tick)]
+    assert collapsed == [once_run.id]
+    assert [f.key for f in fired(once) if f.key <= f"schedule:{tick}"] == [f"schedule:{tick}"]
     # forbid: the running run keeps running and the tick is skipped, saying why.
     forbid_fire = eventually(lambda: fired(forbid), timeout=20)[0]
     assert forbid_fire.outcome == "skipped: previous run still active"
@@ -265,6 +272,28 @@ def test_missed_and_concurrency_policies(sqlite_site: Installation) -> None:
             definition = session.get(JobDefinition, definition_id)
             assert definition is not None and definition.next_fire_at is not None
             assert definition.next_fire_at > now
+            # Firing is not an edit: the definition's updated_at stays.
+            assert definition.updated_at == edited[definition_id]
+
+
+def test_a_schedule_that_fails_keeps_its_real_tick(sqlite_site: Installation) -> None:
+    site = sqlite_site
+    # A zone that no longer exists (say, removed from the system's zone data): this
+    # worker cannot work its ticks out, and must not make one up either.
+    tick = utcnow() - timedelta(seconds=1)
+    broken = site.add_definition("broken", "true", schedule={
+        "cron": "* * * * *", "timezone": "Mars/Olympus"}, next_fire_at=tick)
+    fine = site.add_definition("fine", "true", schedule=EVERY_MINUTE, next_fire_at=tick)
+    site.start_worker()
+    # The same passes reach both: once the good one has fired, the broken one was tried.
+    eventually(lambda: site.fires(fine), timeout=30)
+    eventually(lambda: f"Schedule of definition {broken} failed" in site.worker_log(),
+               timeout=30)
+    assert site.fires(broken) == [] and site.runs(broken) == []
+    with site.sessions() as session:
+        definition = session.get(JobDefinition, broken)
+        # Its next tick is still the real one, not a made-up "now + retry delay".
+        assert definition is not None and definition.next_fire_at == tick
 
 
 # -- after a run -------------------------------------------------------------------------
@@ -365,6 +394,47 @@ def test_a_batch_written_by_a_run_fires_its_definition_once(sqlite_site: Install
         assert len({first["batch_id"], batch_id, later["batch_id"]}) == 3
 
 
+def test_a_trigger_added_by_an_edit_does_not_fire_for_earlier_batches(
+        sqlite_site: Installation) -> None:
+    site = sqlite_site
+    catalog = Catalog.from_settings(site.settings)
+    actor = Actor("alice", admin=False)
+
+    def commit(day: str) -> tuple[str, int]:
+        began = catalog.begin_batch(actor, "events", "views", {"day": day})
+        write_batch_files(began.location, {"x": [1]})
+        catalog.commit_batch(actor, "events", "views", began.batch_id)
+        with site.sessions() as session:
+            last = session.scalar(select(PointerHistory.id).order_by(PointerHistory.id.desc()))
+        return began.batch_id, int(last)
+
+    try:
+        # The definition exists first, without a trigger; the worker scans past a batch.
+        commit("0")
+        definition_id = site.add_definition("edited", "true")
+        site.start_worker()
+        eventually(lambda: site_cursor(site, "batches") > 0, timeout=30)
+        earlier, position = commit("1")
+        eventually(lambda: site_cursor(site, "batches") >= position, timeout=30)
+        # The edit that adds on_batch, as the service saves it (that batch is still in the
+        # window the worker looks at again).
+        with site.sessions() as session:
+            table_id = session.scalar(select(DataTable.id).where(DataTable.name == "views"))
+            session.execute(update(JobDefinition).where(JobDefinition.id == definition_id)
+                            .values(on_batch={"namespace": "events", "table": "views",
+                                              "partition": {}},
+                                    on_batch_table_id=table_id, triggers_since=utcnow()))
+            session.commit()
+        later, _ = commit("2")
+        fired = eventually(lambda: site.runs(definition_id), timeout=30)
+        # The pass that fired the later batch looked at the earlier one too.
+        assert [r.trigger["batch_id"] for r in fired] == [later]
+        assert [f.key for f in site.fires(definition_id)] == [f"batch:{later}"]
+        assert earlier != later
+    finally:
+        catalog.engine.dispose()
+
+
 def site_cursor(site: Installation, name: str) -> int:
     with site.sessions() as session:
         return int(session.scalar(select(TriggerCursor.position)
@@ -385,6 +455,7 @@ def test_batches_fire_exactly_once_while_the_worker_is_killed(any_site: Installa
     began = catalog.begin_batch(actor, "events", "clicks", {"day": "0"})
     write_batch_files(began.location, {"x": [0]})
     catalog.commit_batch(actor, "events", "clicks", began.batch_id)
+    before_the_definition = began.batch_id
     with site.sessions() as session:
         table_id = session.scalar(select(DataTable.id).where(DataTable.name == "clicks"))
     watcher = site.add_definition(
@@ -418,6 +489,9 @@ def test_batches_fire_exactly_once_while_the_worker_is_killed(any_site: Installa
     assert all(per_batch[b] == 1 for b in committed), per_batch
     keys = Counter(f.key for f in site.fires(watcher))
     assert all(keys[f"batch:{b}"] == 1 for b in committed), keys
+    # The batch committed before the definition existed never fired.
+    assert before_the_definition not in per_batch
+    assert f"batch:{before_the_definition}" not in keys
     for run in runs:
         assert run.status == RunState.SUCCEEDED, run.reason
         assert f"batch={run.trigger['batch_id']}" in site.output(run.id)

@@ -139,7 +139,9 @@ class DefinitionOut(BaseModel):
     notebook: NotebookOut | None = Field(description="A notebook definition's notebook.")
     schedule: dict[str, Any] | None = Field(description="{cron, timezone, concurrency, "
                                             "missed}, or null: not scheduled.")
-    paused: bool = Field(description="Paused: the schedule does not fire.")
+    paused: bool = Field(description="Paused: none of its triggers fire (schedule, after, "
+                         "on_batch); ticks, upstream runs and batches that come while paused "
+                         "are never fired later. A backfill already started goes on.")
     after: dict[str, Any] | None = Field(description="{definition_id, on}: runs after that "
                                          "definition's runs end.")
     on_batch: dict[str, Any] | None = Field(description="{namespace, table, partition}: runs "
@@ -307,14 +309,17 @@ def update_definition(definition_id: int, body: DefinitionIn) -> DefinitionOut:
 
 @route("/definitions/<int:definition_id>/pause", "POST", tag="jobs", response=DefinitionOut)
 def pause_definition(definition_id: int) -> DefinitionOut:
-    """Pause the definition: its schedule does not fire until resumed."""
+    """Pause the definition: none of its triggers (schedule, after, on_batch) fire until
+    resumed, and the ticks, upstream runs and batches that come while paused are never
+    fired later. A backfill already started goes on."""
     return DefinitionOut.of(service.pause_definition(write_db(), _caller(), definition_id))
 
 
 @route("/definitions/<int:definition_id>/resume", "POST", tag="jobs", response=DefinitionOut)
 def resume_definition(definition_id: int) -> DefinitionOut:
-    """Resume the definition: its schedule fires from the next tick after now (ticks
-    passed while paused are not made up)."""
+    """Resume the definition: its schedule fires from the next tick after now, its after
+    and on_batch triggers from the next run end or batch (what came while paused is not
+    made up)."""
     return DefinitionOut.of(service.resume_definition(write_db(), _caller(), definition_id))
 
 
