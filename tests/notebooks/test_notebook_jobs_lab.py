@@ -1,8 +1,9 @@
 """JupyterLab's Notebook Jobs against a real Dockyard: Docker notebooks and Docker jobs from
 dockyard/notebook, whose jupyter-scheduler front end sends each job to Dockyard as a
-notebook run (images/lab). A person creates a job in Chromium and opens its executed
-copy; the scheduler's REST API (what the front end calls) maps runs, states, errors and
-files, each against the real service."""
+notebook run and each job definition as a scheduled notebook definition (images/lab). A
+person creates a job and a scheduled one in Chromium and opens the job's executed copy;
+the scheduler's REST API (what the front end calls) maps runs, definitions, states,
+errors and files, each against the real service."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import docker
@@ -26,6 +28,9 @@ pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.image]
 
 NOTEBOOK_IMAGE = "dockyard/notebook:latest"
 FINAL = {"COMPLETED", "FAILED", "STOPPED"}
+# Hourly at most, so that a cron every few minutes is refused (five cron fields cannot go
+# below the default minute).
+SCHEDULE_MIN_SECONDS = 3600
 
 
 def notebook_json(*cells: str, parameters: str | None = None) -> dict[str, Any]:
@@ -49,7 +54,9 @@ def dockyard_with_lab_jobs(home: Any, prefix: str) -> Iterator[NotebookHub]:
     require_image(NOTEBOOK_IMAGE)
     try:
         with running_notebook_hub(home, prefix, DOCKYARD_JOB_BACKEND="docker",
-                                  DOCKYARD_JOB_NAMESPACE=prefix) as notebooks:
+                                  DOCKYARD_JOB_NAMESPACE=prefix,
+                                  DOCKYARD_SCHEDULE_MIN_SECONDS=str(SCHEDULE_MIN_SECONDS),
+                                  ) as notebooks:
             offer_for_notebooks_and_jobs(notebooks, NOTEBOOK_IMAGE)
             yield notebooks
     finally:
@@ -129,6 +136,17 @@ class LabServer:
                 "output_formats": ["ipynb", "html"], **fields}
         return self.call("POST", "scheduler/jobs", json=body)
 
+    def create_definition(self, input_uri: str, **fields: Any) -> requests.Response:
+        body = {"input_uri": input_uri, "name": input_uri.rsplit("/", 1)[-1].split(".")[0],
+                "runtime_environment_name": NOTEBOOK_IMAGE, "compute_type": "default",
+                "output_formats": ["ipynb", "html"], **fields}
+        return self.call("POST", "scheduler/job_definitions", json=body)
+
+    def definition(self, job_definition_id: str) -> dict[str, Any]:
+        answer = self.call("GET", f"scheduler/job_definitions/{job_definition_id}")
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
     def job(self, job_id: str) -> dict[str, Any]:
         answer = self.call("GET", f"scheduler/jobs/{job_id}")
         assert answer.status_code == 200, answer.text
@@ -155,7 +173,9 @@ def page() -> Iterator[Any]:
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        # The form's time zone is the browser's.
+        context = browser.new_context(viewport={"width": 1400, "height": 1000},
+                                      timezone_id="Europe/Berlin")
         yield context.new_page()
         context.close()
         browser.close()
@@ -174,6 +194,8 @@ def reload_until(page: Any, ready: Any, timeout: float = 300) -> None:
 @pytest.mark.browser
 def test_a_notebook_job_created_in_jupyterlab_runs_in_dockyard(lab_hub: NotebookHub,
                                                                 page: Any) -> None:
+    from playwright.sync_api import expect
+
     lab_hub.start("lena")
     assert lab_hub.container("lena").attrs["Config"]["Image"] == NOTEBOOK_IMAGE
     lab = LabServer(lab_hub, "lena")
@@ -207,11 +229,6 @@ def test_a_notebook_job_created_in_jupyterlab_runs_in_dockyard(lab_hub: Notebook
 
     name.fill("rate")
     name.press("Tab")
-    # Schedules are not Dockyard's yet: the form says so and nothing is queued.
-    page.locator('input[name="createType"][value="JobDefinition"]').check()
-    create.click()
-    page.locator(".MuiAlert-standardError", has_text="Schedules are not available").wait_for()
-    page.locator('input[name="createType"][value="Job"]').check()
     create.click()
     row = page.locator("tr", has_text="sales.ipynb")
     reload_until(page, row.filter(has_text="Completed"))
@@ -240,6 +257,32 @@ def test_a_notebook_job_created_in_jupyterlab_runs_in_dockyard(lab_hub: Notebook
         [(c["source"], c.get("outputs")) for c in executed.cells]
     assert lab.get_file(downloaded["input"])["content"]["cells"][0]["source"] == "rate = 1"
 
+    # Run on a schedule: the form's schedule (weekdays at midnight, the browser's time zone)
+    # becomes a Dockyard definition, shown in the Job Definitions tab.
+    page.locator('.jp-DirListing-item[data-file-type="notebook"]',
+                 has_text="sales.ipynb").click(button="right")
+    page.locator(".lm-Menu-itemLabel", has_text="Create Job").click()
+    # The form is filled in once the environments have come (the compute type with them).
+    expect(page.locator('input[name="computeType"]')).to_have_value("default")
+    page.get_by_title("Add new parameter").click()
+    page.locator('input[name="parameter-0-name"]').fill("rate")
+    page.locator('input[name="parameter-0-value"]').fill("2")
+    # Leave the field first, as a person does: the form checks it on leaving, and a choice
+    # made while it is being checked is lost.
+    page.locator('input[name="parameter-0-value"]').press("Tab")
+    page.locator('input[name="createType"][value="JobDefinition"]').check()
+    create.click()
+    listed = page.locator("tr", has_text="sales.ipynb").filter(
+        has=page.get_by_title('Open detail view for "sales"'))
+    listed.filter(has_text="Active").wait_for()
+    [definition] = dockyard_api(lab_hub, "GET", "definitions", lab.token).json()["definitions"]
+    assert (definition["name"], definition["kind"], definition["paused"]) == \
+        ("sales", "notebook", False)
+    assert (definition["schedule"]["cron"], definition["schedule"]["timezone"]) == \
+        ("0 0 * * MON-FRI", "Europe/Berlin")
+    assert definition["notebook"]["parameters"] == {"rate": 2}
+    assert len(definition["next_runs"]) == 5
+
     page.goto(lab_hub.hub.service(f"jobs/runs/{run['id']}"))
     assert page.locator("#notebook-parameters").inner_text().split() == ["rate", "7"]
     page.frame_locator("#notebook-frame").get_by_text("RESULT 42").wait_for()
@@ -265,9 +308,6 @@ def test_states_errors_and_pages_map_between_lab_and_dockyard(lab_hub: NotebookH
         "pool": lab.create_job("work/quick.ipynb", compute_type="nowhere"),
         "folder": lab.create_job("work/quick.ipynb", package_input_folder=True),
         "missing": lab.create_job("work/absent.ipynb"),
-        "schedule": lab.call("POST", "scheduler/job_definitions", json={
-            "input_uri": "work/quick.ipynb", "name": "quick", "schedule": "0 * * * *",
-            "runtime_environment_name": NOTEBOOK_IMAGE}),
     }
     messages = {what: answer.json()["message"] for what, answer in refusals.items()}
     assert all(answer.status_code == 500 for answer in refusals.values()), messages
@@ -275,7 +315,6 @@ def test_states_errors_and_pages_map_between_lab_and_dockyard(lab_hub: NotebookH
     assert messages["pool"].startswith("Invalid input: Compute type (pool): ")
     assert "untick 'Run job with input folder'" in messages["folder"]
     assert messages["missing"] == "Input path 'work/absent.ipynb' does not exist."
-    assert messages["schedule"].startswith("Schedules are not available in Dockyard yet")
     assert lab.call("GET", "scheduler/job_definitions").json()["job_definitions"] == []
     assert dockyard_api(lab_hub, "GET", "runs", lab.token).json()["runs"] == []
 
@@ -346,3 +385,118 @@ def test_states_errors_and_pages_map_between_lab_and_dockyard(lab_hub: NotebookH
                                  "-name", "scheduler*")
     assert (code, found) == (0, "")
     lab_hub.stop("nils")
+
+
+def epoch_ms(timestamp: str) -> int:
+    return int(datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def test_job_definitions_are_dockyard_schedules(lab_hub: NotebookHub) -> None:
+    lab_hub.start("olga")
+    lab = LabServer(lab_hub, "olga")
+    lab.put_notebook("reports/daily.ipynb", SALES)
+
+    # A cron Dockyard finds too frequent comes back as its sentence; nothing is saved.
+    refused = lab.create_definition("reports/daily.ipynb", schedule="*/5 * * * *",
+                                    timezone="UTC")
+    assert refused.status_code == 500
+    assert refused.json()["message"] == (
+        "Invalid input: Schedule (schedule.cron): fires 5 min apart at times; schedules may "
+        "fire at most every 1 h (DOCKYARD_SCHEDULE_MIN_SECONDS)")
+    assert dockyard_api(lab_hub, "GET", "definitions", lab.token).json()["definitions"] == []
+
+    # The job's name becomes a valid Dockyard name, numbered when it is taken.
+    created = lab.create_definition("reports/daily.ipynb", name="Daily report",
+                                    schedule="0 6 1 * *", timezone="Europe/Berlin",
+                                    parameters={"rate": "3"})
+    assert created.status_code == 200, created.text
+    daily = created.json()["job_definition_id"]
+    second = lab.create_definition("reports/daily.ipynb", name="Daily report",
+                                   schedule="0 6 1 * *", timezone="UTC").json()
+    [mine, other] = sorted(dockyard_api(lab_hub, "GET", "definitions", lab.token)
+                           .json()["definitions"], key=lambda d: d["id"])
+    assert (daily, second["job_definition_id"]) == (f"dockyard-def-{mine['id']}",
+                                                    f"dockyard-def-{other['id']}")
+    assert (mine["name"], other["name"]) == ("Daily-report", "Daily-report-2")
+    assert (mine["owner"], mine["kind"], mine["image"], mine["pool"]) == \
+        ("olga", "notebook", NOTEBOOK_IMAGE, "default")
+    assert mine["schedule"] == {"cron": "0 6 1 * *", "timezone": "Europe/Berlin",
+                                "concurrency": "allow", "missed": "skip"}
+    assert mine["notebook"]["name"] == "daily.ipynb"
+    assert mine["notebook"]["parameters"] == {"rate": 3}
+
+    # Lab's list shows Dockyard's definitions with their next run.
+    listed = lab.call("GET", "scheduler/job_definitions").json()
+    assert listed["total_count"] == 2
+    shown = {d["job_definition_id"]: d for d in listed["job_definitions"]}[daily]
+    assert (shown["name"], shown["input_filename"], shown["schedule"], shown["timezone"],
+            shown["active"], shown["compute_type"]) == \
+        ("Daily-report", "daily.ipynb", "0 6 1 * *", "Europe/Berlin", True, "default")
+    assert shown["parameters"] == {"rate": "3"}
+    assert shown["next_run_time"] == epoch_ms(mine["next_runs"][0])
+    assert shown["url"].endswith(f"/services/dockyard/jobs/definitions/{mine['id']}")
+
+    # Pause and resume (the panel's buttons) are Dockyard's.
+    assert lab.call("PATCH", f"scheduler/job_definitions/{daily}",
+                    json={"active": False}).status_code == 204
+    paused = dockyard_api(lab_hub, "GET", f"definitions/{mine['id']}", lab.token).json()
+    assert (paused["paused"], paused["next_runs"]) == (True, [])
+    assert (lab.definition(daily)["active"], lab.definition(daily)["next_run_time"]) == \
+        (False, None)
+    assert lab.call("PATCH", f"scheduler/job_definitions/{daily}",
+                    json={"active": True}).status_code == 204
+    resumed = dockyard_api(lab_hub, "GET", f"definitions/{mine['id']}", lab.token).json()
+    assert resumed["paused"] is False and len(resumed["next_runs"]) == 5
+    assert lab.definition(daily)["active"] is True
+
+    # The edit form's new schedule replaces Dockyard's; the notebook snapshot stays.
+    edited = lab.call("PATCH", f"scheduler/job_definitions/{daily}", json={
+        "schedule": "15 7 1 * *", "timezone": "UTC", "input_uri": "daily.ipynb"})
+    assert edited.status_code == 204, edited.text
+    now = dockyard_api(lab_hub, "GET", f"definitions/{mine['id']}", lab.token).json()
+    assert now["schedule"]["cron"] == "15 7 1 * *" and now["schedule"]["timezone"] == "UTC"
+    assert now["notebook"] == mine["notebook"] and now["name"] == "Daily-report"
+    too_often = lab.call("PATCH", f"scheduler/job_definitions/{daily}",
+                         json={"schedule": "*/10 * * * *", "timezone": "UTC"})
+    assert too_often.json()["message"].startswith(
+        "Invalid input: Schedule (schedule.cron): fires 10 min apart")
+
+    # Run now, from the definition: its snapshot with this parameter over its own.
+    ran = lab.call("POST", f"scheduler/job_definitions/{daily}/jobs",
+                   json={"parameters": {"rate": "5"}})
+    assert ran.status_code == 200, ran.text
+    job_id = ran.json()["job_id"]
+    job = lab.wait_for(job_id, FINAL)
+    assert (job["status"], job["job_definition_id"], job["name"]) == \
+        ("COMPLETED", daily, "Daily-report")
+    run = dockyard_api(lab_hub, "GET", f"runs/{job_id.split('-')[1]}", lab.token).json()
+    assert (run["definition_id"], run["notebook"]["parameters"]) == (mine["id"], {"rate": 5})
+    executed = nbformat.reads(dockyard_api(
+        lab_hub, "GET", f"runs/{run['id']}/artifacts/output.ipynb", lab.token).text,
+        as_version=4)
+    assert any("RESULT 30" in output.get("text", "") for cell in executed.cells
+               for output in cell.get("outputs", []))
+    # The definition's page in Lab lists its runs.
+    of_daily = lab.call("GET", "scheduler/jobs", params={"job_definition_id": daily}).json()
+    assert [j["job_id"] for j in of_daily["jobs"]] == [job_id]
+    assert lab.call("GET", "scheduler/jobs", params={
+        "job_definition_id": second["job_definition_id"]}).json()["jobs"] == []
+
+    # A command definition is no notebook job definition of Lab's.
+    command = dockyard_api(lab_hub, "POST", "definitions", lab.token,
+                           json={"name": "nightly-shell", "command": "echo hi"})
+    assert command.status_code == 201, command.text
+    answer = lab.call("GET", f"scheduler/job_definitions/dockyard-def-{command.json()['id']}")
+    assert answer.json()["message"] == f"Dockyard job definition {command.json()['id']} runs " \
+        "a command, not a notebook"
+    assert lab.call("GET", "scheduler/job_definitions").json()["total_count"] == 2
+
+    # Deleting the definition deletes Dockyard's; its run stays.
+    for job_definition_id in (daily, second["job_definition_id"]):
+        assert lab.call("DELETE", f"scheduler/job_definitions/{job_definition_id}"
+                        ).status_code == 204
+    assert dockyard_api(lab_hub, "GET", f"definitions/{mine['id']}",
+                        lab.token).status_code == 404
+    assert lab.call("GET", "scheduler/job_definitions").json()["job_definitions"] == []
+    assert lab.job(job_id)["status"] == "COMPLETED"
+    lab_hub.stop("olga")

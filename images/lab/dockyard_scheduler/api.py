@@ -23,6 +23,11 @@ FIELD_LABELS = {
     "notebook.path": "Input file",
     "parameters": "Parameters",
     "tags": "Tags",
+    "name": "Job name",
+    "schedule": "Schedule",
+    "schedule.cron": "Schedule",
+    "schedule.timezone": "Time zone",
+    "definition_id": "Job definition",
 }
 CONNECT_SECONDS = 10
 READ_SECONDS = 120
@@ -69,7 +74,8 @@ class DockyardAPI:
     token: str
     #: The server's owner: the runs listed are theirs (an admin's token sees everyone's).
     user: str = ""
-    #: Where the browser reaches the hub (JupyterHub's base URL), for links to run pages.
+    #: Where the browser reaches the hub (JupyterHub's base URL), for links to Dockyard's
+    #: pages.
     hub_base_url: str = "/"
 
     @classmethod
@@ -90,14 +96,25 @@ class DockyardAPI:
         """The run's page in Dockyard, as a link the browser follows from JupyterLab."""
         return f"{self.hub_base_url.rstrip('/')}/services/dockyard/jobs/runs/{run_id}"
 
+    def definition_page(self, definition_id: int) -> str:
+        return f"{self.hub_base_url.rstrip('/')}/services/dockyard/jobs/definitions/" \
+            f"{definition_id}"
+
     # -- calls -----------------------------------------------------------------------------
     def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         return self._call("GET", path, params=params).json()
 
     def post(self, path: str, *, data: dict[str, str] | None = None,
-             files: dict[str, tuple[str, bytes, str]] | None = None) -> Any:
-        """POST form fields and files as multipart/form-data (or nothing at all)."""
-        return self._call("POST", path, data=data, files=files).json()
+             files: dict[str, tuple[str, bytes, str]] | None = None,
+             json: dict[str, Any] | None = None) -> Any:
+        """POST form fields and files as multipart/form-data, or JSON (or nothing at all)."""
+        return self._call("POST", path, data=data, files=files, json=json).json()
+
+    def put(self, path: str, *, json: dict[str, Any]) -> Any:
+        return self._call("PUT", path, json=json).json()
+
+    def delete(self, path: str) -> None:
+        self._call("DELETE", path)
 
     def download(self, path: str) -> bytes | None:
         """A file's bytes; None when Dockyard has no such file (404)."""

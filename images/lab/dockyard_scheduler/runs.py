@@ -16,6 +16,8 @@ from jupyter_scheduler.models import SortDirection, SortField, Status
 # jupyter-scheduler's URL pattern for a job id needs a dash: r"\w+(?:-\w+)+".
 JOB_ID_PREFIX = "dockyard-"
 _JOB_ID = re.compile(r"^dockyard-([1-9][0-9]{0,17})$")
+# A job definition's id: "def" keeps it apart from a run's.
+DEFINITION_ID_PREFIX = "dockyard-def-"
 
 STATUS_OF_STATE = {
     "QUEUED": Status.QUEUED,
@@ -38,6 +40,10 @@ _DOCKYARD_SORT = {"create_time": "queued", "start_time": "started", "end_time": 
 
 def lab_job_id(run_id: int) -> str:
     return f"{JOB_ID_PREFIX}{run_id}"
+
+
+def lab_definition_id(definition_id: int) -> str:
+    return f"{DEFINITION_ID_PREFIX}{definition_id}"
 
 
 def run_id_of(job_id: str) -> int:
@@ -103,9 +109,12 @@ def job_fields(run: dict[str, Any], run_page: str) -> dict[str, Any]:
     created = milliseconds(run["queued_at"]) or 0
     started = milliseconds(run.get("started_at"))
     finished = milliseconds(run.get("finished_at"))
+    definition_id = run.get("definition_id")
     return {
         "job_id": lab_job_id(run["id"]),
-        "name": job_name(input_filename),
+        # A run of a definition is named after it, as jupyter-scheduler names its own.
+        "name": run.get("definition_name") or job_name(input_filename),
+        "job_definition_id": lab_definition_id(definition_id) if definition_id else None,
         "input_filename": input_filename,
         "runtime_environment_name": run.get("image") or "",
         "runtime_environment_parameters": {},
