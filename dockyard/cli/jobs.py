@@ -116,17 +116,9 @@ def submit(api: Api, command: tuple[str, ...], shell_command: str | None, env: t
         dockyard jobs submit --image dockyard/notebook:latest -- python train.py --epochs 3
         dockyard jobs submit --definition 4 --env DAY=20240101 --follow
     """
-    body: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
     if command and shell_command:
         raise click.UsageError("give either COMMAND or --shell, not both")
-    if command:
-        body["command"] = list(command)
-    elif shell_command:
-        body["command"] = shell_command
-    if env:
-        body["env"] = _env_pairs(env)
-    if tags:
-        body["tags"] = list(tags)
+    body = _job_body(fields, command=command, shell_command=shell_command, env=env, tags=tags)
     run = api.call("POST", "/runs", json=body)
     click.echo(f"Run {run['id']} queued ({run['image'] or 'no image: a local process'}).")
     if follow:
@@ -166,13 +158,7 @@ def submit_notebook(api: Api, notebook: Path | None, home_path: str | None,
     """
     if (notebook is None) == (home_path is None):
         raise click.UsageError("give a notebook file or --home-path, one of the two")
-    body: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
-    if parameters:
-        body["parameters"] = _notebook_parameters(parameters)
-    if env:
-        body["env"] = _env_pairs(env)
-    if tags:
-        body["tags"] = list(tags)
+    body = _job_body(fields, parameters=parameters, env=env, tags=tags)
     if home_path is not None:
         run = api.call("POST", "/runs", json={**body, "notebook": {"path": home_path}})
     else:
@@ -189,6 +175,25 @@ def submit_notebook(api: Api, notebook: Path | None, home_path: str | None,
     click.echo(f"{api.pages}/jobs/runs/{run['id']}")
     if wait:
         sys.exit(_follow(api, run["id"]))
+
+
+def _job_body(fields: dict[str, Any], *, command: tuple[str, ...] = (),
+              shell_command: str | None = None, parameters: tuple[str, ...] = (),
+              env: tuple[str, ...] = (), tags: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A run's or definition's fields as the API takes them: the options given, an argv
+    COMMAND or a --shell string, notebook parameters, environment pairs and tags."""
+    body: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
+    if command:
+        body["command"] = list(command)
+    elif shell_command:
+        body["command"] = shell_command
+    if parameters:
+        body["parameters"] = _notebook_parameters(parameters)
+    if env:
+        body["env"] = _env_pairs(env)
+    if tags:
+        body["tags"] = list(tags)
+    return body
 
 
 def _notebook_parameters(items: tuple[str, ...]) -> dict[str, Any]:
@@ -453,18 +458,9 @@ def create_definition(api: Api, name: str, command: tuple[str, ...], shell_comma
         raise click.UsageError("-p is for notebook definitions (--notebook or --home-path)")
     if partitions and not on_batch:
         raise click.UsageError("--partition goes with --on-batch NAMESPACE/TABLE")
-    body: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
+    body = _job_body(fields, command=command, shell_command=shell_command,
+                     parameters=parameters, env=env, tags=tags)
     body["name"] = name
-    if command:
-        body["command"] = list(command)
-    elif shell_command:
-        body["command"] = shell_command
-    if parameters:
-        body["parameters"] = _notebook_parameters(parameters)
-    if env:
-        body["env"] = _env_pairs(env)
-    if tags:
-        body["tags"] = list(tags)
     if cron is not None:
         body["schedule"] = {"cron": cron, **{key: value for key, value in (
             ("timezone", timezone), ("concurrency", concurrency), ("missed", missed))

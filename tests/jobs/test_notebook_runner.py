@@ -21,6 +21,7 @@ import pytest
 
 from dockyard.jobs.notebooks import failed_cell
 from tests.jobs.conftest import eventually
+from tests.jobs.notebook_support import notebook
 from tests.support.ports import free_ports
 
 TOKEN = "run-token-7"
@@ -119,20 +120,6 @@ def home(tmp_path: Path) -> Path:
     path = tmp_path / "home"
     path.mkdir()
     return path
-
-
-def notebook(*sources: str, parameters: str | None = None, kernel: str = "python3",
-             language: str = "python") -> bytes:
-    """A notebook of code cells, the first tagged "parameters" when ``parameters`` is given."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata.kernelspec = {"name": kernel, "display_name": kernel, "language": language}
-    cells = [nbformat.v4.new_code_cell(source) for source in sources]
-    if parameters is not None:
-        cell = nbformat.v4.new_code_cell(parameters)
-        cell.metadata.tags = ["parameters"]
-        cells.insert(0, cell)
-    nb.cells = cells
-    return nbformat.writes(nb).encode()
 
 
 def job_env(url: str, home: Path, **extra: str) -> dict[str, str]:
