@@ -73,6 +73,20 @@ def validation_detail(exc: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
+def request_too_large(exc: RequestEntityTooLarge) -> Any:
+    """413, naming the limit and the setting that sets it (a blueprint may answer some of
+    its own routes better and leave the rest to this)."""
+    from dockyard.web.security import UPLOAD_ENDPOINTS, notebook_setting
+
+    limit = request.max_content_length or 0
+    setting = ("DOCKYARD_IMAGE_UPLOAD_MAX_MB" if request.endpoint in UPLOAD_ENDPOINTS
+               else notebook_setting(request.endpoint, request.mimetype)
+               or "DOCKYARD_REQUEST_MAX_KB")
+    return _respond(413, "Request too large",
+                    f"The request body is larger than the {limit // 1024} KB accepted here "
+                    f"(the administrators set this with {setting}).")
+
+
 def init_errors(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Any:
@@ -90,17 +104,7 @@ def init_errors(app: Flask) -> None:
     def _csrf(exc: CSRFError) -> Any:
         return _respond(400, "Missing or stale form token", "Reload the page and submit again.")
 
-    @app.errorhandler(RequestEntityTooLarge)
-    def _too_large(exc: RequestEntityTooLarge) -> Any:
-        from dockyard.web.security import UPLOAD_ENDPOINTS, notebook_setting
-
-        limit = request.max_content_length or 0
-        setting = ("DOCKYARD_IMAGE_UPLOAD_MAX_MB" if request.endpoint in UPLOAD_ENDPOINTS
-                   else notebook_setting(request.endpoint, request.mimetype)
-                   or "DOCKYARD_REQUEST_MAX_KB")
-        return _respond(413, "Request too large",
-                        f"The request body is larger than the {limit // 1024} KB accepted here "
-                        f"(the administrators set this with {setting}).")
+    app.register_error_handler(RequestEntityTooLarge, request_too_large)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Any:

@@ -18,7 +18,6 @@ from flask import (
     Blueprint,
     Response,
     abort,
-    current_app,
     flash,
     redirect,
     render_template,
@@ -50,7 +49,7 @@ from dockyard.models import (
 )
 from dockyard.web.auth import User, current_user, page_login_required
 from dockyard.web.context import artifacts, db, homes, settings, write_db
-from dockyard.web.errors import validation_detail
+from dockyard.web.errors import request_too_large, validation_detail
 
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
 
@@ -523,8 +522,7 @@ def _too_large(exc: RequestEntityTooLarge) -> Any:
     """A notebook upload too large to be read at all: the form again, with the field's
     error, rather than a bare error page. Elsewhere in Jobs, the app's own answer."""
     if request.endpoint != "jobs.launch" or _kind_arg() != RunKind.NOTEBOOK:
-        app_handler = current_app.error_handler_spec[None][413].get(RequestEntityTooLarge)
-        return app_handler(exc) if app_handler is not None else exc
+        return request_too_large(exc)
     limit = settings().notebook_job_max_mb
     errors = {"notebook": f"the upload is far larger than the {limit} MB a notebook may be "
                           "(DOCKYARD_NOTEBOOK_JOB_MAX_MB), so it was not read; choose a "
