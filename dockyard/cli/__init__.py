@@ -2,7 +2,13 @@
 module per area of subcommands, each registering itself on the root group when imported
 here."""
 
-from dockyard.cli import data, images, jobs, prod  # noqa: F401  (subcommands register themselves)
+from dockyard.cli import (  # noqa: F401  (subcommands register themselves)
+    clusters,
+    data,
+    images,
+    jobs,
+    prod,
+)
 from dockyard.cli.root import main
 
 __all__ = ["main"]

@@ -20,6 +20,7 @@ import requests
 from dockyard.cli.root import main
 
 FINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"}
+CLUSTER_KINDS = ("ray", "spark")
 
 
 class Api:
@@ -77,6 +78,20 @@ class Refused(click.ClickException):
             click.echo(f"{field}: {message}", err=True)
 
 
+def cluster_options(command: Any) -> Any:
+    """The options that give a run a Spark or Ray cluster."""
+    for option in reversed((
+        click.option("--cluster", metavar="KIND[:WORKERS]", help="Run on a cluster of its "
+                     "own, started for the run and removed after: ray or spark, and the "
+                     "number of workers (default 2), e.g. ray:3."),
+        click.option("--cluster-cpu", type=float, help="CPUs of each cluster worker."),
+        click.option("--cluster-memory", type=int, help="Memory of each cluster worker, "
+                     "in MB."),
+    )):
+        command = option(command)
+    return command
+
+
 @main.group()
 @click.option("--url", envvar="DOCKYARD_URL", show_envvar=True,
               help="Dockyard's address, e.g. http://127.0.0.1:8000/services/dockyard/")
@@ -105,6 +120,7 @@ def jobs(ctx: click.Context, url: str | None, token: str | None) -> None:
 @click.option("--timeout", "timeout_seconds", type=int, help="Seconds before the run is stopped.")
 @click.option("--retries", "max_retries", type=int, help="Automatic retries after a failure.")
 @click.option("--pool", help="Job pool to run in (default: 'default'; GET /pools lists yours).")
+@cluster_options
 @click.option("--follow", is_flag=True, help="Print the log until the run ends; exit with "
               "its exit code.")
 @click.pass_obj
@@ -115,6 +131,7 @@ def submit(api: Api, command: tuple[str, ...], shell_command: str | None, env: t
     \b
         dockyard jobs submit --image dockyard/notebook:latest -- python train.py --epochs 3
         dockyard jobs submit --definition 4 --env DAY=20240101 --follow
+        dockyard jobs submit --cluster ray:3 --cluster-cpu 2 -- python tune.py
     """
     if command and shell_command:
         raise click.UsageError("give either COMMAND or --shell, not both")
@@ -140,6 +157,7 @@ def submit(api: Api, command: tuple[str, ...], shell_command: str | None, env: t
 @click.option("--timeout", "timeout_seconds", type=int, help="Seconds before the run is stopped.")
 @click.option("--retries", "max_retries", type=int, help="Automatic retries after a failure "
               "(each runs the same snapshot).")
+@cluster_options
 @click.option("-t", "--tag", "tags", multiple=True)
 @click.option("-e", "--env", "env", multiple=True, metavar="NAME=VALUE")
 @click.option("--wait", is_flag=True, help="Print the log until the run ends; exit non-zero "
@@ -182,7 +200,11 @@ def _job_body(fields: dict[str, Any], *, command: tuple[str, ...] = (),
               env: tuple[str, ...] = (), tags: tuple[str, ...] = ()) -> dict[str, Any]:
     """A run's or definition's fields as the API takes them: the options given, an argv
     COMMAND or a --shell string, notebook parameters, environment pairs and tags."""
+    cluster = _cluster_size(fields.pop("cluster", None), fields.pop("cluster_cpu", None),
+                            fields.pop("cluster_memory", None))
     body: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
+    if cluster is not None:
+        body["cluster"] = cluster
     if command:
         body["command"] = list(command)
     elif shell_command:
@@ -194,6 +216,36 @@ def _job_body(fields: dict[str, Any], *, command: tuple[str, ...] = (),
     if tags:
         body["tags"] = list(tags)
     return body
+
+
+def _cluster_size(text: str | None, cpu: float | None,
+                  memory_mb: int | None) -> dict[str, Any] | None:
+    """``--cluster ray:3`` (kind, then workers) with ``--cluster-cpu`` and
+    ``--cluster-memory`` as the API's ``cluster``; the service checks the limits."""
+    if text is None:
+        if cpu is not None or memory_mb is not None:
+            raise Refused("cluster: --cluster-cpu and --cluster-memory go with --cluster",
+                          [("cluster", "--cluster-cpu and --cluster-memory go with --cluster "
+                            "KIND[:WORKERS]")])
+        return None
+    kind, sep, workers = text.partition(":")
+    problems = []
+    if kind not in CLUSTER_KINDS:
+        problems.append(("cluster.kind", f"--cluster {text!r}: the kind is ray or spark, "
+                         "e.g. ray:3"))
+    if sep and not (workers.isascii() and workers.isdigit()):
+        problems.append(("cluster.workers", f"--cluster {text!r}: after ':' the number of "
+                         "workers, e.g. ray:3"))
+    if problems:
+        raise Refused("; ".join(f"{f}: {m}" for f, m in problems), problems)
+    size: dict[str, Any] = {"kind": kind}
+    if sep:
+        size["workers"] = int(workers)
+    if cpu is not None:
+        size["worker_cpu"] = cpu
+    if memory_mb is not None:
+        size["worker_memory_mb"] = memory_mb
+    return size
 
 
 def _notebook_parameters(items: tuple[str, ...]) -> dict[str, Any]:
@@ -432,6 +484,7 @@ def _trigger_words(definition: dict[str, Any]) -> list[str]:
               help="Run on each new batch committed to this table.")
 @click.option("--partition", "partitions", multiple=True, metavar="KEY=PATTERN",
               help="With --on-batch: only partitions whose KEY matches PATTERN. Repeat.")
+@cluster_options
 @click.pass_obj
 def create_definition(api: Api, name: str, command: tuple[str, ...], shell_command: str | None,
                       notebook: Path | None, home_path: str | None,

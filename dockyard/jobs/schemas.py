@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from dockyard.clusters.schemas import ClusterSizeIn, PlainText
+from dockyard.clusters.service import ClusterLimits
 from dockyard.errors import Invalid
 from dockyard.jobs.pools import PoolPolicy
 from dockyard.models import MAX_ID
@@ -87,7 +89,7 @@ class JobFieldsIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    image: str | None = Field(None, min_length=1, max_length=255,
+    image: PlainText | None = Field(None, min_length=1, max_length=255,
                               description="An image from the catalog, enabled for jobs. "
                               "Unset: the jobs default image; in a local pool (no Docker "
                               "engine) none, the run uses Dockyard's own Python environment.")
@@ -101,9 +103,13 @@ class JobFieldsIn(BaseModel):
     tags: list[str] | None = Field(None, description="Labels to find runs by.")
     timeout_seconds: int | None = Field(None, ge=1, description="Stop the run after this long.")
     max_retries: int | None = Field(None, ge=0, description="Automatic retries after a failure.")
-    pool: str | None = Field(None, min_length=1, max_length=64,
+    pool: PlainText | None = Field(None, min_length=1, max_length=64,
                              description="Where the run goes: 'default' or a pool the admin "
                              "configured (GET /pools lists yours).")
+    cluster: ClusterSizeIn | None = Field(
+        None, description="Start a Spark or Ray cluster of this size for the run (on its "
+        "pool, from its image) and make the job its driver (RAY_ADDRESS or SPARK_MASTER are "
+        "set); the cluster is removed when the run ends.")
 
     @field_validator("command", mode="before")
     @classmethod
@@ -274,6 +280,8 @@ class JobLimits:
     schedule_min_seconds: int = 60
     #: Most items (runs) of one backfill.
     backfill_max_items: int = 1000
+    #: What a run's cluster may be (None: clusters are not checked, e.g. in a tool).
+    clusters: ClusterLimits | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobLimits:
@@ -287,6 +295,7 @@ class JobLimits:
             pools=PoolPolicy.from_settings(settings),
             schedule_min_seconds=settings.schedule_min_seconds,
             backfill_max_items=settings.backfill_max_items,
+            clusters=ClusterLimits.from_settings(settings),
         )
 
     def check(self, fields: dict[str, Any]) -> list[FieldProblem]:

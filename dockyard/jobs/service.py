@@ -21,6 +21,8 @@ from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from dockyard.clusters.schemas import ClusterSizeIn
+from dockyard.clusters.service import check_cluster_request
 from dockyard.errors import Conflict, NotFound
 from dockyard.images.catalog import ImageNotAllowed, default_image, resolve_image, usable_images
 from dockyard.jobs import notebooks, schedules
@@ -55,7 +57,7 @@ from dockyard.settings.job_pools import DEFAULT_POOL
 DEFAULT_CPU = 1.0
 DEFAULT_MEMORY_MB = 1024
 RUN_FIELDS = ("image", "command", "cpu", "memory_mb", "gpu", "env", "timeout_seconds",
-              "max_retries", "pool")
+              "max_retries", "pool", "cluster")
 #: What a retry copies besides RUN_FIELDS: a notebook run's retry runs the same snapshot;
 #: a fired run's retry keeps what fired it (and so its DOCKYARD_TRIGGER_* environment).
 ATTEMPT_FIELDS = (*RUN_FIELDS, "kind", "notebook", "trigger")
@@ -148,6 +150,23 @@ def _check_pool(limits: JobLimits, pool: str, caller: Caller) -> list[FieldProbl
     return [FieldProblem("pool", problem)] if problem else []
 
 
+def _check_cluster(session: Session, owner: str, values: dict[str, Any], limits: JobLimits,
+                   problems: list[FieldProblem], *, in_use: bool) -> list[FieldProblem]:
+    """The cluster a run or definition asks for, checked by the clusters service: a pool
+    that can host it, an image with its engine, workers within the owner's limit (with
+    ``in_use``, counting the workers they have now: a run's; a definition only asks)."""
+    if values.get("cluster") is None or limits.clusters is None:
+        return []
+    size = ClusterSizeIn.model_validate(values["cluster"])
+    found = check_cluster_request(session, owner, size, image=values["image"] or "",
+                                  pool=values["pool"], limits=limits.clusters,
+                                  in_use=in_use)
+    # A pool refused already (unknown, not yours) is named once.
+    named = {problem.field for problem in problems}
+    return [FieldProblem(name, message) for name, message in found
+            if not (name == "pool" and "pool" in named)]
+
+
 def _definition_values(session: Session, caller: Caller, body: DefinitionIn, limits: JobLimits,
                        current: JobDefinition | None, upload: NotebookFile | None,
                        homes: HomeFiles | None) -> tuple[dict[str, Any], _NotebookRun | None]:
@@ -188,6 +207,7 @@ def _definition_values(session: Session, caller: Caller, body: DefinitionIn, lim
     owner = current.owner if current is not None else caller.name
     problems += _trigger_values(session, owner, body, limits, current, values)
     problems += _check_definition_pool(limits, values, caller, owner)
+    problems += _check_cluster(session, owner, values, limits, problems, in_use=False)
     if problems:
         raise InvalidJob(problems)
     return values, snapshot
@@ -611,7 +631,7 @@ def create_run(session: Session, caller: Caller, body: RunIn, limits: JobLimits,
                               "memory_mb": min(DEFAULT_MEMORY_MB, limits.max_memory_mb),
                               "gpu": 0, "env": {}, "tags": [], "timeout_seconds": None,
                               "max_retries": 0, "image": None, "command": None,
-                              "pool": DEFAULT_POOL}
+                              "pool": DEFAULT_POOL, "cluster": None}
     definition: JobDefinition | None = None
     if body.definition_id is not None:
         try:
@@ -641,6 +661,7 @@ def create_run(session: Session, caller: Caller, body: RunIn, limits: JobLimits,
         problems.append(FieldProblem("command", "give a command (or a definition)"))
     problems += limits.check(values)
     problems += _check_pool(limits, values["pool"], caller)
+    problems += _check_cluster(session, caller.name, values, limits, problems, in_use=True)
     if problems:
         raise InvalidJob(problems)
     reason = f"submitted by run #{caller.run_id}" if caller.run_id else "submitted"

@@ -11,6 +11,7 @@ from dockyard.models.catalog import (
     PointerAction,
     PointerHistory,
 )
+from dockyard.models.clusters import FINAL_CLUSTER_STATES, Cluster, ClusterKind, ClusterState
 from dockyard.models.images import CuratedImageSeed, Image, ImageEvent, ImageStatus
 from dockyard.models.jobs import (
     FINAL_STATES,
@@ -26,6 +27,7 @@ from dockyard.models.jobs import (
 )
 
 __all__ = [
+    "FINAL_CLUSTER_STATES",
     "FINAL_STATES",
     "MAX_ID",
     "Backfill",
@@ -33,6 +35,9 @@ __all__ = [
     "Batch",
     "BatchRead",
     "BatchState",
+    "Cluster",
+    "ClusterKind",
+    "ClusterState",
     "CuratedImageSeed",
     "DataTable",
     "Image",

@@ -19,9 +19,9 @@ NAMING_CONVENTION = {
 }
 
 
-#: The largest id a table can hold (a signed 64-bit integer): a larger number in a request
-#: names nothing, and the database drivers cannot even compare it.
-MAX_ID = 2**63 - 1
+#: The largest id a table can hold (ids are INTEGER: signed 32-bit on PostgreSQL): a
+#: larger number in a request names nothing, and PostgreSQL refuses even to compare it.
+MAX_ID = 2**31 - 1
 
 
 def utcnow() -> datetime:

@@ -71,6 +71,9 @@ class JobDefinition(Base):
     #: The notebook snapshot taken when the definition was saved (the same record as
     #: ``Run.notebook``); NULL for a command definition.
     notebook: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    #: {"kind", "workers", "worker_cpu", "worker_memory_mb"}: its runs drive a cluster of
+    #: this size; NULL: they run alone.
+    cluster: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     #: {"cron", "timezone", "concurrency", "missed"}; NULL: not scheduled.
     schedule: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     paused: Mapped[bool] = mapped_column(default=False, server_default=false())
@@ -128,6 +131,9 @@ class Run(Base):
     env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     timeout_seconds: Mapped[int | None]
     max_retries: Mapped[int] = mapped_column(default=0)
+    #: {"kind", "workers", "worker_cpu", "worker_memory_mb"}: the cluster the worker starts
+    #: for the run (its job is the driver) and removes when it ends; NULL: none.
+    cluster: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     #: What fired the run (a schedule tick, an upstream run, a batch, a backfill item);
     #: NULL for a run someone started by hand.
     trigger: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))

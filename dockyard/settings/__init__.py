@@ -303,6 +303,24 @@ class Settings(BaseSettings):
         "Image build uploads have their own limit (DOCKYARD_IMAGE_UPLOAD_MAX_MB).",
     )
 
+    # -- clusters ----------------------------------------------------------------------
+    max_cluster_workers_per_user: int = Field(
+        8, ge=0, le=1000,
+        description="Most Spark or Ray cluster workers one user may have at once, over "
+        "their notebooks' clusters and the clusters of their active runs (0: no clusters). "
+        "Each worker may ask for up to DOCKYARD_JOB_MAX_CPU and DOCKYARD_JOB_MAX_MEMORY_MB.",
+    )
+    cluster_idle_timeout: int = Field(
+        3600, ge=0,
+        description="Seconds after which a notebook's cluster that no driver uses and nobody "
+        "looked at is stopped (0: never). A run's cluster ends with its run.",
+    )
+    cluster_start_timeout: int = Field(
+        300, ge=10,
+        description="Seconds a cluster may take until its head answers and every worker "
+        "registered; a cluster that takes longer fails (and so does its run).",
+    )
+
     # -- data --------------------------------------------------------------------------
     data_root: str = Field(
         "",

@@ -66,16 +66,17 @@ def create_app(settings: Settings, identity: Identity | None = None) -> Flask:
     init_security(app)
     init_errors(app)
 
-    from dockyard.web import data, images, jobs, lineage, pages
+    from dockyard.web import clusters, data, images, jobs, lineage, pages
     from dockyard.web.api import api
 
     # Importing the API modules registers their routes on the ``api`` blueprint.
+    from dockyard.web.api import clusters as _clusters_api  # noqa: F401
     from dockyard.web.api import data as _data_api  # noqa: F401
     from dockyard.web.api import images as _images_api  # noqa: F401
     from dockyard.web.api import jobs as _jobs_api  # noqa: F401
     from dockyard.web.api import lineage as _lineage_api  # noqa: F401
 
-    for blueprint in (pages.bp, jobs.bp, images.bp, data.bp, lineage.bp, api):
+    for blueprint in (pages.bp, jobs.bp, clusters.bp, images.bp, data.bp, lineage.bp, api):
         app.register_blueprint(blueprint)
 
     @app.context_processor

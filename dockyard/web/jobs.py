@@ -28,6 +28,7 @@ from flask import (
 from pydantic import ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from dockyard.clusters.service import cluster_of_run
 from dockyard.images.catalog import default_image, usable_images
 from dockyard.images.curated import curated_reference
 from dockyard.jobs import service
@@ -65,8 +66,11 @@ STATUS_BADGES = {
     RunState.FAILED: "text-bg-danger", RunState.CANCELLED: "text-bg-dark",
     RunState.TIMED_OUT: "text-bg-warning",
 }
+#: A run's cluster, as the form names its fields (none: the cluster kind left at "none").
+CLUSTER_FIELDS = ("cluster_kind", "cluster_workers", "cluster_worker_cpu",
+                  "cluster_worker_memory_mb")
 JOB_FIELDS = ("image", "command", "cpu", "memory_mb", "gpu", "env", "tags", "timeout_seconds",
-              "max_retries", "pool")
+              "max_retries", "pool", *CLUSTER_FIELDS)
 #: The notebook form: the job fields but the command (Dockyard's own), and the notebook's.
 NOTEBOOK_FIELDS = (*(name for name in JOB_FIELDS if name != "command"), "notebook_path",
                    "parameters")
@@ -83,6 +87,9 @@ FORM_FIELD_OF_PROBLEM = {
     "after.on": "after_on",
     "on_batch": "on_batch_table", "on_batch.namespace": "on_batch_namespace",
     "on_batch.table": "on_batch_table", "on_batch.partition": "on_batch_partition",
+    "cluster": "cluster_kind", "cluster.kind": "cluster_kind",
+    "cluster.workers": "cluster_workers", "cluster.worker_cpu": "cluster_worker_cpu",
+    "cluster.worker_memory_mb": "cluster_worker_memory_mb",
 }
 SCHEDULE_DEFAULTS = {"timezone": "UTC", "concurrency": "allow", "missed": "skip"}
 #: The time zones the schedule field offers first (any IANA name may be typed).
@@ -251,6 +258,7 @@ def _form_values_from(source: Run | JobDefinition) -> dict[str, str]:
         "timeout_seconds": str(source.timeout_seconds or ""),
         "max_retries": str(source.max_retries),
         "pool": source.pool,
+        **cluster_values(source.cluster),
     }
     if source.notebook:
         if isinstance(source, Run):
@@ -263,6 +271,17 @@ def _form_values_from(source: Run | JobDefinition) -> dict[str, str]:
     if isinstance(source, JobDefinition):
         values.update(_trigger_values(source))
     return values
+
+
+def cluster_values(cluster: dict[str, Any] | None) -> dict[str, str]:
+    """A run's or definition's cluster as the form's fields show it."""
+    if not cluster:
+        return {"cluster_kind": ""}
+    return {"cluster_kind": str(cluster.get("kind") or ""),
+            "cluster_workers": str(cluster.get("workers") or ""),
+            "cluster_worker_cpu": f"{cluster['worker_cpu']:g}"
+            if isinstance(cluster.get("worker_cpu"), int | float) else "",
+            "cluster_worker_memory_mb": str(cluster.get("worker_memory_mb") or "")}
 
 
 def _trigger_values(definition: JobDefinition) -> dict[str, str]:
@@ -360,6 +379,14 @@ def _parse_job_form(form: Any, errors: dict[str, str]) -> dict[str, Any]:
     pool = (form.get("pool") or "").strip()
     if pool:
         data["pool"] = pool
+    kind = (form.get("cluster_kind") or "").strip()
+    if kind:
+        cluster = {"kind": kind}
+        for name in ("workers", "worker_cpu", "worker_memory_mb"):
+            value = (form.get(f"cluster_{name}") or "").strip()
+            if value:
+                cluster[name] = value
+        data["cluster"] = cluster
     return data
 
 
@@ -537,7 +564,8 @@ def _run_context(run_id: int) -> dict[str, Any]:
         run = service.get_run(db(), _caller(), run_id)
     return {"run": run, "attempts": service.attempts_of(db(), run),
             "events": service.events_of(db(), run), "live": run.status not in FINAL_STATES,
-            "fired_by": fired_by(run)}
+            "fired_by": fired_by(run),
+            "cluster": cluster_of_run(db(), run.id) if run.cluster else None}
 
 
 def fired_by(run: Run) -> dict[str, Any] | None:

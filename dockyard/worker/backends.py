@@ -5,12 +5,14 @@ configured a pool of that name; every pool in ``DOCKYARD_JOB_POOLS`` gets its ow
 Both are built the same way: the settings and the pool's options become a plain
 ``BackendConfig`` here, and spawner's registry (``build_backend``) makes the backend. The
 worker sends each run to its pool's backend and reconciles every pool after a restart.
+A pool on Docker or Swarm also gets a cluster backend (``spawner.clusters``) from the same
+``BackendConfig``: the Spark and Ray clusters of its runs and of users' notebooks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dockyard.containers import (
@@ -23,6 +25,8 @@ from dockyard.jobs.pools import image_in_pool
 from dockyard.runtime import job_backend_name
 from dockyard.settings import Settings
 from dockyard.settings.job_pools import DEFAULT_POOL, JobPoolConfig
+from spawner.clusters import build_cluster_backend
+from spawner.clusters.base import ClusterBackend
 from spawner.environment import CONTAINER_DATA_ROOT, let_containers_write
 from spawner.jobs import build_backend
 from spawner.jobs.base import JobBackend, JobSpec, JobStartError
@@ -41,6 +45,16 @@ class JobPool:
     config: JobPoolConfig | None
     #: Storage, Spark and Ray settings as this pool's jobs get them.
     extra_env: dict[str, str]
+    #: Where the pool's Spark and Ray clusters run; None for pools that cannot host them
+    #: (ECS, local processes).
+    clusters: ClusterBackend | None = field(default=None)
+
+    @property
+    def cluster_env(self) -> dict[str, str]:
+        """What a cluster's head and workers get: the storage settings of the pool's jobs,
+        without an installation-wide Spark master or Ray address (they are the cluster)."""
+        return {name: value for name, value in self.extra_env.items()
+                if name not in ("SPARK_MASTER", "RAY_ADDRESS")}
 
     @property
     def dockyard_url(self) -> str:
@@ -53,6 +67,11 @@ class JobPool:
         """The spec as this pool's engine runs it (its image reference, e.g. a registry)."""
         image = self.image_for(spec.image)
         return spec if image == spec.image else replace(spec, image=image)
+
+    def close(self) -> None:
+        self.backend.close()
+        if self.clusters is not None:
+            self.clusters.close()
 
 
 class JobPools:
@@ -73,18 +92,23 @@ class JobPools:
         try:
             for name, config in wanted.items():
                 kind = config.backend if config else job_backend_name(settings)
-                backend = build_backend(kind, namespace, backend_config(kind, settings, config))
+                options = backend_config(kind, settings, config)
+                backend = build_backend(kind, namespace, options)
                 pools[name] = _pool(name, backend, config, settings)
+                pools[name].clusters = build_cluster_backend(kind, namespace, options)
         except Exception:
             for pool in pools.values():
-                pool.backend.close()
+                pool.close()
             raise
         return cls(pools)
 
     @classmethod
-    def of_backend(cls, backend: JobBackend, settings: Settings) -> JobPools:
+    def of_backend(cls, backend: JobBackend, settings: Settings,
+                   clusters: ClusterBackend | None = None) -> JobPools:
         """Only the default pool, on a backend made elsewhere (tests, embedding)."""
-        return cls({DEFAULT_POOL: _pool(DEFAULT_POOL, backend, None, settings)})
+        pool = _pool(DEFAULT_POOL, backend, None, settings)
+        pool.clusters = clusters
+        return cls({DEFAULT_POOL: pool})
 
     def find(self, name: str) -> JobPool | None:
         return self._pools.get(name)
@@ -117,7 +141,7 @@ class JobPools:
 
     def close(self) -> None:
         for pool in self._pools.values():
-            pool.backend.close()
+            pool.close()
 
 
 def _pool(name: str, backend: JobBackend, config: JobPoolConfig | None,

@@ -1,6 +1,7 @@
-"""A claimed run from its job's start to its end: starting the job on its pool's engine,
-following it, stopping it when it is cancelled or past its deadline, and settling its
-outcome (with the next attempt, if it may be retried) once the job has ended."""
+"""A claimed run from its job's start to its end: starting the job on its pool's engine
+(after its cluster is ready, when it asks for one: ``run_clusters.py``), following it,
+stopping it when it is cancelled or past its deadline, and settling its outcome (with the
+next attempt, if it may be retried) once the job has ended, its cluster removed."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import update
@@ -22,6 +24,7 @@ from dockyard.jobs.triggers import trigger_env
 from dockyard.models import Run, RunEvent, RunKind, RunState, utcnow
 from dockyard.worker.context import WorkerContext
 from dockyard.worker.log_copy import RunLogs
+from dockyard.worker.run_clusters import RunClusters
 from spawner.jobs.base import EngineState, JobSpec, JobStartError, JobStatus, command_argv
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,8 @@ class RunLifecycle:
         self.notify = notify
         # Runs whose start met an engine error: (errors so far, when to try again).
         self._start_errors: dict[int, tuple[int, float]] = {}
+        #: The clusters runs drive: started before their job, removed after.
+        self.clusters = RunClusters(context, note_waiting=self._note_waiting)
 
     def start(self, run_id: int) -> None:
         context = self.context
@@ -85,11 +90,19 @@ class RunLifecycle:
                 spec = pool.prepare(build_spec(run, token=token, dockyard_url=pool.dockyard_url,
                                                extra_env=pool.extra_env))
             stale_hash = run.token_hash != hash_token(token)
+            wants_cluster = run.cluster is not None
         if stale_hash:  # claimed before this worker's key existed: the job's token must work
             with transaction(context.writes) as session:
                 session.execute(update(Run).where(Run.id == run_id).values(
                     token_hash=hash_token(token)).execution_options(synchronize_session=False))
         try:
+            if wants_cluster and pool is not None:
+                # The job is the cluster's driver: it starts once the cluster is ready.
+                driver = self.clusters.driver_for(run, pool)
+                if driver is None:
+                    return  # still starting; the loop looks again
+                spec = replace(spec, networks=spec.networks + driver.networks,
+                               env={**spec.env, **driver.env})
             # A pool removed since the claim raises UnknownPool: the run fails, saying so.
             status = context.pools.get(pool_name).backend.start(spec)
         except JobStartError as exc:
@@ -213,10 +226,14 @@ class RunLifecycle:
         self.logs.keep(run_id, status, start_error)
         notebook_error = self._notebook_error(run_id, status) if start_error is None else None
         retry_id: int | None = None
+        had_cluster = False
+        final: RunState | None = None
         with transaction(context.writes) as session:
             run = session.get(Run, run_id)
+            had_cluster = run is not None and run.cluster is not None
             if run is None or run.status.is_final:
                 moved = False
+                final = run.status if run is not None else None
             else:
                 if start_error is not None:
                     final, reason = RunState.FAILED, f"could not start: {start_error}"
@@ -254,4 +271,10 @@ class RunLifecycle:
                 context.pool_of(run_id).backend.remove(status.handle)
             except Exception as exc:  # a leftover is removed by the next reconcile
                 log.warning("Could not remove the job of run %s: %s", run_id, exc)
+        if had_cluster:
+            # Removed after the next attempt is queued; that attempt's own cluster is not
+            # held back by this one, as the limit leaves out clusters of ended runs
+            # (clusters.service.workers_in_use).
+            outcome_words = final.value if final is not None else "its job ended"
+            self.clusters.remove_for_run(run_id, context.pool_of(run_id), outcome_words)
         self.logs.forget(run_id)

@@ -1,5 +1,5 @@
-"""The worker process (``dockyard worker``): one Worker with its image duty, its health
-server, and the signals that stop it."""
+"""The worker process (``dockyard worker``): one Worker with its image and cluster
+duties, its health server, and the signals that stop it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 from dockyard.images.curated import seed_at_start
 from dockyard.settings import Settings
+from dockyard.worker.clusters import ClusterDuty
 from dockyard.worker.health import start_health_server
 from dockyard.worker.images import ImageDuty
 from dockyard.worker.loop import Worker
@@ -19,7 +20,8 @@ log = logging.getLogger(__name__)
 
 def run_worker(settings: Settings, *, once: bool = False) -> None:
     stop = threading.Event()
-    worker = Worker(settings, duties=[ImageDuty(settings)])
+    clusters = ClusterDuty(settings)
+    worker = Worker(settings, duties=[ImageDuty(settings), clusters])
     health = start_health_server(settings, worker.db_engine)  # /health and /metrics, if a port
     worker.heartbeat = health.beat
 
@@ -42,9 +44,11 @@ def run_worker(settings: Settings, *, once: bool = False) -> None:
             worker.triggers.pass_once()
             worker.tick()
             worker.drain()
+            clusters.drain()
         else:
             worker.run(stop)
     finally:
         health.stop()
+        clusters.close()
         worker.close(wait=once)
     log.info("Worker stopped")

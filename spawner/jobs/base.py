@@ -51,6 +51,8 @@ class JobSpec:
     memory_mb: int
     gpu: int = 0
     env: Mapping[str, str] = field(default_factory=dict)
+    #: (network, alias) pairs the job also joins, e.g. its cluster's network as "driver".
+    networks: tuple[tuple[str, str], ...] = ()
 
     def labels(self, namespace: str) -> dict[str, str]:
         return {

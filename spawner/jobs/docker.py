@@ -235,12 +235,24 @@ class DockerJobBackend(JobBackend):
                      container_id[:12])
         if docker_state == "created":
             try:
+                self._join_networks(container_id, spec.networks)
                 api.start(container_id)
             except APIError as exc:
                 # Nothing ran; leave no half-made container behind.
                 self._remove_quietly(container_id)
                 raise JobStartError(_explain(exc)) from None
         return self.status(container_id)
+
+    def _join_networks(self, container_id: str, networks: tuple[tuple[str, str], ...]) -> None:
+        """Connect the created container to each (network, alias) before it starts, so
+        the job finds its cluster from its first line."""
+        for network, alias in networks:
+            try:
+                self.client.api.connect_container_to_network(container_id, network,
+                                                             aliases=[alias])
+            except APIError as exc:
+                if "already exists" not in str(exc.explanation or exc):  # a start cut short
+                    raise
 
     def status(self, handle: str) -> JobStatus:
         try:

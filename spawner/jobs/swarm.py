@@ -108,10 +108,12 @@ def service_options(spec: JobSpec, *, namespace: str, user: str, network: str = 
         # A tiny init as PID 1 forwards SIGTERM to the job and reaps its children.
         init=True, cap_drop=["ALL"], stop_grace_period=stop_grace_seconds * 10**9,
     )
+    networks = [NetworkAttachmentConfig(network)] if network else []
+    networks += [NetworkAttachmentConfig(name, aliases=[alias]) for name, alias in spec.networks]
     template = TaskTemplate(
         container, resources=resources, restart_policy=RestartPolicy(condition="none"),
         placement=Placement(constraints=list(constraints)) if constraints else None,
-        networks=[NetworkAttachmentConfig(network)] if network else None,
+        networks=networks or None,
     )
     return {
         "task_template": template,

@@ -114,6 +114,15 @@ def test_ray_remote_function_in_a_local_ray(notebook: ImageRunner) -> None:
     assert "RAY 30" in out
 
 
+def test_ray_dashboard_can_start_on_a_cluster_head(notebook: ImageRunner) -> None:
+    # ray.dashboard.optional_deps is Ray's own list of what the dashboard and its agent
+    # import: when it fails, `ray start --head` silently runs without the dashboard that
+    # Dockyard proxies and that the head's readiness probe asks.
+    out = notebook.ok(["python", "-c", "import ray.dashboard.optional_deps, ray.dashboard.head,"
+                       " ray.dashboard.agent; print('DASHBOARD-DEPS OK')"])
+    assert "DASHBOARD-DEPS OK" in out
+
+
 def test_ray_sends_no_usage_stats(notebook: ImageRunner) -> None:
     env = dict(item.split("=", 1) for item in notebook.inspect()["Config"]["Env"])
     assert env.get("RAY_USAGE_STATS_ENABLED") == "0"

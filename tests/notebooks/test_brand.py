@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
 LOGO = Path(__file__).resolve().parents[2] / "dockyard" / "web" / "static" / "dockyard-logo.svg"
 AREAS = [("notebooks", "/hub/home"), ("jobs", "/services/dockyard/jobs/"),
+         ("clusters", "/services/dockyard/clusters/"),
          ("data", "/services/dockyard/data/"), ("images", "/services/dockyard/images/"),
          ("token", "/hub/token")]
 ADMIN_AREAS = [*AREAS, ("admin", "/hub/admin"), ("signups", "/hub/authorize")]

@@ -61,6 +61,8 @@ API_DELETE, PAGE_DELETE = _delete_image_status()
 DEFINITION = {"name": "nightly-report", "image": SHELL_IMAGE, "command": "true"}
 DEFINITION_FORM = {"name": "nightly-report", "image": SHELL_IMAGE, "command": "true",
                    "cpu": "0.5", "memory_mb": "64"}
+CLUSTER = {"name": "another", "kind": "ray", "workers": 1, "image": SHELL_IMAGE}
+CLUSTER_FORM = {key: str(value) for key, value in CLUSTER.items()}
 
 EXPECTED: dict[str, Expect] = {
     # -- service-wide ---------------------------------------------------------------
@@ -149,6 +151,36 @@ EXPECTED: dict[str, Expect] = {
     # Only the run's own job (its run token) sends its executed notebook; not even its owner.
     "PUT api.jobs_put_artifact": Expect("/api/v1/runs/{notebook_run}/artifacts/output.ipynb",
                                         401, 403, 404, 403, json={"cells": []}),
+    # -- clusters pages: a user's own (admins: all), others' are 404 ---------------------
+    "GET clusters.clusters_page": Expect("/clusters/", LOGIN, 200, 200, 200),
+    "GET clusters.clusters_table": Expect("/clusters/list", LOGIN, 200, 200, 200),
+    "POST clusters.create_cluster": Expect("/clusters/", LOGIN, 303, 303, 303,
+                                           form=CLUSTER_FORM),
+    "GET clusters.cluster_page": Expect("/clusters/{cluster_id}", LOGIN, 200, 404, 200),
+    "GET clusters.cluster_status": Expect("/clusters/{cluster_id}/status", LOGIN, 200, 404,
+                                          200),
+    "POST clusters.scale_cluster": Expect("/clusters/{cluster_id}/scale", LOGIN, 303, 404, 303,
+                                          form={"workers": "3"}),
+    "POST clusters.stop_cluster": Expect("/clusters/{cluster_id}/stop", LOGIN, 303, 404, 303),
+    # The dashboard is its owner's alone: 404 for everyone else, admins included (an
+    # admin's session must not load a page the owner controls). The seeded head's address
+    # answers nothing, so the owner gets 503 (test_cluster_pages.py proxies a real one).
+    "GET clusters.dashboard": Expect("/clusters/{cluster_id}/dashboard/", LOGIN, 503, 404,
+                                     404),
+    "GET clusters.dashboard path": Expect("/clusters/{cluster_id}/dashboard/api/nodes?view=1",
+                                          LOGIN, 503, 404, 404),
+    # -- clusters API ---------------------------------------------------------------
+    "GET api.clusters_list_clusters": Expect("/api/v1/clusters", 401, 200, 200, 200),
+    "GET api.clusters_list_clusters owner=": Expect("/api/v1/clusters?owner=alice", 401, 200,
+                                                    200, 200),
+    "POST api.clusters_create_cluster": Expect("/api/v1/clusters", 401, 201, 201, 201,
+                                               json=CLUSTER),
+    "GET api.clusters_get_cluster": Expect("/api/v1/clusters/{cluster_id}", 401, 200, 404,
+                                           200),
+    "PATCH api.clusters_scale_cluster": Expect("/api/v1/clusters/{cluster_id}", 401, 200, 404,
+                                               200, json={"workers": 3}),
+    "DELETE api.clusters_stop_cluster": Expect("/api/v1/clusters/{cluster_id}", 401, 202, 404,
+                                               202),
     # -- images pages (admins manage; users see what they are offered) ----------------
     "GET images.images_page": Expect("/images/", LOGIN, 200, 200, 200),
     "GET images.new_image_page": Expect("/images/new", LOGIN, 403, 403, 200),
@@ -356,12 +388,15 @@ def test_route_answers_each_role(key: str, seeded: Seeded, tmp_path: Path) -> No
 def test_lists_never_show_another_users_objects(seeded: Seeded) -> None:
     client = seeded.app().test_client()
     for path, key in (("/api/v1/runs", "runs"), ("/api/v1/runs?owner=alice", "runs"),
-                      ("/api/v1/definitions", "definitions")):
+                      ("/api/v1/definitions", "definitions"), ("/api/v1/clusters", "clusters"),
+                      ("/api/v1/clusters?owner=alice", "clusters")):
         assert client.get(path, headers=auth("tok-alice")).json[key], path
         assert client.get(path, headers=auth("tok-bob")).json[key] == [], path
     for path in ("/jobs/", "/jobs/definitions"):
         page = client.get(path, headers=auth("tok-bob")).get_data(as_text=True)
         assert "nightly-report" not in page and "plain words" not in page, path
+    assert "spark://head:7077" not in client.get(
+        "/clusters/", headers=auth("tok-bob")).get_data(as_text=True)
     # Users are offered the enabled images only.
     listed = client.get("/api/v1/images", headers=auth("tok-bob")).json["images"]
     assert [image["reference"] for image in listed] == [SHELL_IMAGE]

@@ -1,7 +1,8 @@
 """CSRF: every route that changes something, taken from the app's URL map, refuses a
 request authenticated by the session cookie unless it carries that session's token; a
 request authenticated by a token (no cookie involved) needs none. GET requests change
-nothing, which is what makes them safe without a token."""
+nothing (but the time a cluster was last used), which is what makes them safe without a
+token."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from dockyard.models import Cluster
 from tests.conftest import auth
 from tests.security.conftest import ROLE_TOKENS, Seeded, log_in_with_cookie
 from tests.security.test_authz_matrix import EXPECTED, Expect, _fill, fingerprint
@@ -120,9 +122,17 @@ def test_token_requests_need_no_csrf_token(seeded: Seeded, tmp_path: Path) -> No
     app.extensions["dockyard.engine"].dispose()
 
 
+def _but_cluster_use(rows: list[Any]) -> list[Any]:
+    """Every row but a cluster's last use: its owner reading it (API, page, dashboard) is
+    use, which the cluster's idle timeout counts from."""
+    skip = list(Cluster.__table__.columns.keys()).index("last_activity_at")
+    return [(name, [tuple(v for i, v in enumerate(row) if i != skip) for row in found])
+            if name == Cluster.__tablename__ else (name, found) for name, found in rows]
+
+
 def test_gets_change_nothing(seeded: Seeded, tmp_path: Path) -> None:
     app = seeded.app(tmp_path / "copy")
-    before = fingerprint(app)
+    before = _but_cluster_use(fingerprint(app))
     values = seeded.world.values()
     for key, expect in EXPECTED.items():
         if key.split(" ")[0] != "GET":
@@ -131,7 +141,7 @@ def test_gets_change_nothing(seeded: Seeded, tmp_path: Path) -> None:
             client = app.test_client()
             log_in_with_cookie(client, ROLE_TOKENS[role])
             client.get(_fill(expect.path, values))
-    assert fingerprint(app) == before
+    assert _but_cluster_use(fingerprint(app)) == before
     app.extensions["dockyard.engine"].dispose()
 
 

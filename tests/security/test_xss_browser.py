@@ -115,11 +115,13 @@ def pages(world: World, text: str) -> list[tuple[str, str, bool]]:
         "/data/", f"/data/{ns}/{name}", f"/data/{ns}/{name}/partition?p={p}",
         f"/data/{ns}/{name}/partition?p={p}&batch={w['older_batch']}",
         f"/data/{ns}/{name}/rollback?p={p}&to={w['older_batch']}",
+        "/clusters/", f"/clusters/{w['cluster_id']}",
     ]
-    # Pages that show only names the grammar keeps plain (image references, batch ids):
-    # opened for what they might show, without a payload to find.
+    # Pages that show only names the grammar keeps plain (image references, batch ids,
+    # cluster names): opened for what they might show, without a payload to find.
     quiet = {f"/images/diff?from={w['image_id']}&to={w['image_id']}",
-             f"/data/{ns}/{name}/rollback?p={p}&to={w['older_batch']}"}
+             f"/data/{ns}/{name}/rollback?p={p}&to={w['older_batch']}",
+             "/clusters/", f"/clusters/{w['cluster_id']}"}
     found = [("admin", path, path not in quiet) for path in stored]
     found += [("alice", "/images/", True), ("alice", f"/images/{w['image_id']}", True),
               ("alice", f"/jobs/runs/{w['run_id']}", True)]

@@ -1,7 +1,7 @@
 """A small installation's worth of objects, made through the real API where it can be:
 alice's job definition and runs (one live, one ended with a log, one notebook run with its
-executed notebook), images (one offered to users, one hidden), alice's data table with two
-committed batches and a pending one.
+executed notebook), alice's running cluster, images (one offered to users, one hidden),
+alice's data table with two committed batches and a pending one.
 
 ``text`` goes into every field a user controls, so the same world serves the
 authorization matrix (plain text) and the XSS tests (attack payloads).
@@ -22,7 +22,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 
 from dockyard.jobs.run_logs import log_path
-from dockyard.models import Image, ImageStatus, Run, RunState, utcnow
+from dockyard.models import Cluster, ClusterState, Image, ImageStatus, Run, RunState, utcnow
 from dockyard.settings import Settings
 from tests.conftest import auth
 
@@ -46,6 +46,7 @@ class World:
     current_batch: str
     older_batch: str
     pending_batch: str  # files written, not committed
+    cluster: int  # alice's, running; its dashboard's address answers nothing
 
     def values(self) -> dict[str, object]:
         """Values for the route table's placeholders."""
@@ -56,7 +57,7 @@ class World:
             "hidden_image": self.hidden_image, "doomed_image": self.doomed_image,
             "namespace": self.namespace, "name": self.table, "partition": self.partition,
             "batch_id": self.current_batch, "older_batch": self.older_batch,
-            "pending_batch": self.pending_batch,
+            "pending_batch": self.pending_batch, "cluster_id": self.cluster,
         }
 
 
@@ -99,9 +100,12 @@ def seed(app: Flask, settings: Settings, text: str = "plain words") -> World:
     with sessions() as session:
         offered = Image(reference=SHELL_IMAGE, status=ImageStatus.READY, for_jobs=True,
                         for_notebooks=True, created_by="admin",
-                        # What inspection finds in an image that runs notebook jobs.
+                        # What inspection finds in an image that runs notebook jobs
+                        # and clusters.
                         contents={"kernels": {"python3": {"language": "python"}},
-                                  "pip_packages": {"papermill": "2.7.0"}},
+                                  "pip_packages": {"papermill": "2.7.0"},
+                                  "ray": "2.40.0", "spark": "3.5.3"},
+                        inspected_at=utcnow(),
                         build_log=f"Step 1/2 : FROM scratch\n{text}\nSuccessfully built\n")
         hidden = Image(reference="team/hidden:1", status=ImageStatus.READY, created_by="admin")
         doomed = Image(reference="team/doomed:1", status=ImageStatus.READY, created_by="admin")
@@ -165,10 +169,18 @@ def seed(app: Flask, settings: Settings, text: str = "plain words") -> World:
         if value != "pending":
             _ok(client.post(f"{base}/batches/{began['batch_id']}/commit", headers=ALICE,
                             json={}), 200)
+    # -- clusters: alice's, running as the worker would have recorded it ------------
+    cluster = _ok(client.post("/api/v1/clusters", headers=ALICE, json={
+        "name": "big-join", "kind": "spark", "workers": 2, "image": SHELL_IMAGE}), 201)["id"]
+    with sessions() as session:
+        session.execute(update(Cluster).where(Cluster.id == cluster).values(
+            status=ClusterState.RUNNING, address="spark://head:7077",
+            dashboard_url="http://127.0.0.1:9", started_at=now))
+        session.commit()
     return World(
         definition=definition, live_run=live, ended_run=ended, notebook_run=notebook_run,
         image=ids[0],
         hidden_image=ids[1], doomed_image=ids[2], namespace=ns, table=table,
         partition="date=20240101", current_batch=batches[1], older_batch=batches[0],
-        pending_batch=batches[2],
+        pending_batch=batches[2], cluster=cluster,
     )

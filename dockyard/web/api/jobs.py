@@ -8,7 +8,10 @@ from typing import Any
 import nbformat
 from flask import Response, request, send_file
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.orm import object_session
 
+from dockyard.clusters.schemas import PlainText
+from dockyard.clusters.service import clusters_of_runs
 from dockyard.errors import Conflict, Forbidden, Invalid
 from dockyard.jobs import service
 from dockyard.jobs.artifacts import MEDIA_TYPES, OUTPUT, Artifact
@@ -84,9 +87,16 @@ class RunOut(BaseModel):
         description="What fired the run: {kind: schedule, tick}, {kind: after, run_id, "
         "definition_id}, {kind: batch, namespace, table, partition, batch_id} or {kind: "
         "backfill, backfill_id, item}; null for a run started by hand.")
+    cluster: dict[str, Any] | None = Field(
+        None, description="{kind, workers, worker_cpu, worker_memory_mb}: the Spark or Ray "
+        "cluster the run drives; null: none.")
+    cluster_id: int | None = Field(
+        None, description="That cluster (GET /clusters/{id}), once the worker made it.")
 
     @classmethod
-    def of(cls, run: Run) -> RunOut:
+    def of(cls, run: Run, cluster_ids: dict[int, int] | None = None) -> RunOut:
+        """``cluster_ids`` (run id → its cluster's id) when a page of runs was looked up
+        at once (``cluster_ids_of``); without it the run's own is looked up."""
         return cls(
             id=run.id, definition_id=run.definition_id,
             definition_name=run.definition.name if run.definition else None, owner=run.owner,
@@ -100,8 +110,20 @@ class RunOut(BaseModel):
             status=run.status, cancel_requested=run.cancel_requested, exit_code=run.exit_code,
             reason=run.reason, queued_at=run.queued_at, started_at=run.started_at,
             finished_at=run.finished_at, duration_seconds=duration_seconds(run),
-            trigger=run.trigger,
+            trigger=run.trigger, cluster=run.cluster,
+            cluster_id=(cluster_ids.get(run.id) if cluster_ids is not None
+                        else cluster_ids_of([run]).get(run.id)),
         )
+
+
+def cluster_ids_of(runs: list[Run]) -> dict[int, int]:
+    """Run id → its cluster's id (its latest), for the runs that asked for one: one
+    query for a whole page."""
+    asked = [run.id for run in runs if run.cluster]
+    session = object_session(runs[0]) if asked else None
+    if session is None:
+        return {}
+    return clusters_of_runs(session, asked)
 
 
 def duration_seconds(run: Run) -> float | None:
@@ -146,6 +168,9 @@ class DefinitionOut(BaseModel):
                                          "definition's runs end.")
     on_batch: dict[str, Any] | None = Field(description="{namespace, table, partition}: runs "
                                             "on each new batch of that table.")
+    cluster: dict[str, Any] | None = Field(None, description="{kind, workers, worker_cpu, "
+                                           "worker_memory_mb}: its runs drive a Spark or Ray "
+                                           "cluster of this size; null: none.")
     next_runs: list[datetime] = Field(description="The next 5 fire times (UTC); [] when "
                                       "not scheduled or paused.")
     created_at: datetime
@@ -209,16 +234,17 @@ class RunsQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: list[RunState] | None = Field(None, description="Repeat for several.")
-    owner: str | None = Field(None, max_length=64, description="Admins: someone's runs.")
-    image: str | None = Field(None, max_length=255)
-    tag: str | None = Field(None, max_length=64)
+    owner: PlainText | None = Field(None, max_length=64,
+                                    description="Admins: someone's runs.")
+    image: PlainText | None = Field(None, max_length=255)
+    tag: PlainText | None = Field(None, max_length=64)
     kind: RunKind | None = Field(None, description="command or notebook runs only.")
     definition: int | None = Field(None, ge=1, le=MAX_ID, description="A definition id.")
     since: datetime | None = Field(None, description="Queued at or after (ISO 8601).")
     until: datetime | None = Field(None, description="Queued before (ISO 8601).")
     sort: SortKey = Field("-queued", description="queued, started or finished; '-' for newest "
                           "first.")
-    cursor: str | None = Field(None, max_length=512)
+    cursor: PlainText | None = Field(None, max_length=512)
     limit: int = Field(50, ge=1, description="Page size (at most DOCKYARD_API_PAGE_SIZE_MAX).")
 
     @field_validator("since", "until")
@@ -446,7 +472,9 @@ def list_runs(query: RunsQuery) -> RunPageOut:
         until=query.until, sort=query.sort, cursor=query.cursor, limit=limit,
     )
     page = service.list_runs(db(), _caller(), filters)
-    return RunPageOut(runs=[RunOut.of(r) for r in page.runs], next_cursor=page.next_cursor)
+    cluster_ids = cluster_ids_of(page.runs)
+    return RunPageOut(runs=[RunOut.of(r, cluster_ids) for r in page.runs],
+                      next_cursor=page.next_cursor)
 
 
 @route("/runs/<int:run_id>", tag="jobs", response=RunOut)

@@ -4,6 +4,8 @@
     store_dataframe(df, "sales", "orders", partition={"date": "20161031"})
     df = load_dataframe("sales", "orders", partitions=[{"date": "20161031"}])
 
+Your Spark and Ray clusters: ``spark = cluster("big-join").spark()``.
+
 Inside Dockyard notebooks and jobs it needs no configuration; elsewhere set
 ``DOCKYARD_URL`` (the service address, …/services/dockyard/) and ``DOCKYARD_TOKEN``.
 """
@@ -16,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from dockyard_data.client import Client, Partition
+from dockyard_data.clusters import Cluster, ClusterFailed, ClusterNotFound
 from dockyard_data.config import ClientConfig
 from dockyard_data.errors import (
     AuthenticationFailed,
@@ -82,19 +85,35 @@ def list_tables(namespace: str | None = None) -> list[dict[str, Any]]:
     return default_client().list_tables(namespace)
 
 
-def load_spark(spark: Any, namespace: str, table: str, partitions: Any = None,
-               batch_id: str | None = None, as_of: None | str | datetime = None,
-               columns: Sequence[str] | None = None) -> Any:
-    """A Spark DataFrame over the committed parquet files."""
+def load_spark(spark: Any = None, namespace: str | None = None, table: str | None = None,
+               partitions: Any = None, batch_id: str | None = None,
+               as_of: None | str | datetime = None, columns: Sequence[str] | None = None, *,
+               cluster: str | None = None) -> Any:
+    """A Spark DataFrame over the committed parquet files, read with ``spark``, or with
+    your cluster ``cluster`` (``load_spark(namespace="sales", table="orders",
+    cluster="big-join")``)."""
     return default_client().load_spark(spark, namespace, table, partitions, batch_id, as_of,
-                                       columns)
+                                       columns, cluster=cluster)
 
 
 def load_ray(namespace: str, table: str, partitions: Any = None, batch_id: str | None = None,
              as_of: None | str | datetime = None,
-             columns: Sequence[str] | None = None) -> Any:
-    """A Ray Dataset over the committed parquet files."""
-    return default_client().load_ray(namespace, table, partitions, batch_id, as_of, columns)
+             columns: Sequence[str] | None = None, *, cluster: str | None = None) -> Any:
+    """A Ray Dataset over the committed parquet files (read by your Ray cluster
+    ``cluster`` when named)."""
+    return default_client().load_ray(namespace, table, partitions, batch_id, as_of, columns,
+                                     cluster=cluster)
+
+
+def cluster(name: str, wait: bool = True, timeout: float = 300) -> Cluster:
+    """Your live Spark or Ray cluster called ``name`` (started on Dockyard's Clusters
+    page), once it runs: ``cluster("big-join").spark()``, ``cluster("tune").ray()``."""
+    return default_client().cluster(name, wait=wait, timeout=timeout)
+
+
+def cluster_here(wait: bool = True, timeout: float = 300) -> Cluster:
+    """In a job that asked for a cluster, that cluster: ``cluster_here().ray()``."""
+    return default_client().cluster_here(wait=wait, timeout=timeout)
 
 
 __all__ = [
@@ -103,6 +122,9 @@ __all__ = [
     "BatchNotFound",
     "Client",
     "ClientConfig",
+    "Cluster",
+    "ClusterFailed",
+    "ClusterNotFound",
     "DockyardError",
     "InvalidRequest",
     "NotConfigured",
@@ -113,6 +135,8 @@ __all__ = [
     "SchemaMismatch",
     "ServiceUnavailable",
     "TableNotFound",
+    "cluster",
+    "cluster_here",
     "default_client",
     "history",
     "list_tables",

@@ -7,6 +7,13 @@ from datetime import datetime, timezone
 from typing import Any, Union
 
 from dockyard_data import frames
+from dockyard_data.clusters import (
+    Cluster,
+    find_cluster,
+    find_cluster_here,
+    join_job_ray_cluster,
+    refuse_ray_client,
+)
 from dockyard_data.config import ClientConfig
 from dockyard_data.errors import DockyardError
 from dockyard_data.http import CatalogAPI
@@ -126,10 +133,33 @@ class Client:
                                  filters)
         return table_.to_pandas(split_blocks=True, self_destruct=True)
 
-    def load_spark(self, spark: Any, namespace: str, table: str, partitions: Any = None,
+    def cluster(self, name: str, wait: bool = True, timeout: float = 300) -> Cluster:
+        """Your live Spark or Ray cluster called ``name``; with ``wait``, once it runs
+        (``ClusterFailed`` with the reason when it failed or took over ``timeout`` s)."""
+        return find_cluster(self.api, name, wait=wait, timeout=timeout)
+
+    def cluster_here(self, wait: bool = True, timeout: float = 300) -> Cluster:
+        """The cluster this job runs on (a job that asked for one: Dockyard sets
+        DOCKYARD_CLUSTER_ID); ``ClusterNotFound`` anywhere else."""
+        return find_cluster_here(self.api, wait=wait, timeout=timeout)
+
+    def load_spark(self, spark: Any = None, namespace: str | None = None,
+                   table: str | None = None, partitions: Any = None,
                    batch_id: str | None = None, as_of: None | str | datetime = None,
-                   columns: Sequence[str] | None = None) -> Any:
-        """A Spark DataFrame over the committed files (nothing is copied)."""
+                   columns: Sequence[str] | None = None, *,
+                   cluster: str | None = None) -> Any:
+        """A Spark DataFrame over the committed files (nothing is copied). ``spark``: the
+        session to read with; without one, the session of your cluster ``cluster``, or
+        the one ``SparkSession.builder.getOrCreate()`` gives (in a job on a cluster, that
+        cluster's)."""
+        if isinstance(spark, str):
+            raise TypeError("load_spark(spark, namespace, table, ...): pass the session "
+                            "first, or name the table by keyword: load_spark(namespace=..., "
+                            "table=..., cluster=...)")
+        if namespace is None or table is None:
+            raise TypeError("load_spark needs namespace= and table=")
+        if spark is None:
+            spark = self._spark_session(cluster)
         plan = self.read_plan(namespace, table, partitions, batch_id, as_of)
         paths, on_s3 = self._file_urls(plan, s3_scheme="s3a")
         if on_s3:
@@ -143,10 +173,29 @@ class Client:
             raise
         return frame.select(*columns) if columns else frame
 
+    def _spark_session(self, cluster: str | None) -> Any:
+        if cluster is not None:
+            return self.cluster(cluster).spark()
+        from pyspark.sql import SparkSession
+
+        return SparkSession.builder.getOrCreate()
+
     def load_ray(self, namespace: str, table: str, partitions: Any = None,
                  batch_id: str | None = None, as_of: None | str | datetime = None,
-                 columns: Sequence[str] | None = None) -> Any:
-        """A Ray Dataset over the committed files."""
+                 columns: Sequence[str] | None = None, *,
+                 cluster: str | None = None) -> Any:
+        """A Ray Dataset over the committed files. With ``cluster``, read by your Ray
+        cluster of that name (this process joins it first, unless Ray is already
+        initialised here). Without, in a job on a Ray cluster, before Ray is initialised:
+        read by the job's own cluster, joined the same way; elsewhere Ray's default (a
+        local Ray). Ray Data cannot read through the Ray Client: connected that way
+        (``ray.init()`` with RAY_ADDRESS=ray://...), this raises ``RayClientMode`` saying
+        what to do instead."""
+        if cluster is not None:
+            self.cluster(cluster).ray()
+        else:
+            join_job_ray_cluster()
+        refuse_ray_client()
         import ray.data
 
         plan = self.read_plan(namespace, table, partitions, batch_id, as_of)
