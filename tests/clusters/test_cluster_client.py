@@ -326,8 +326,10 @@ def test_in_the_notebook_image_spark_and_ray_sessions_use_the_clusters(
             served_on(web_app(migrated), gateway) as url:
         head = f"{network}-head"
         try:
-            subprocess.run(["docker", "run", "-d", "--name", head, "--network", network,
-                            "--network-alias", "head", *same_user, NOTEBOOK_IMAGE,
+            # --init as Dockyard's cluster containers have it: Ray's client server looks
+            # at its finished children, which only an init reaps.
+            subprocess.run(["docker", "run", "-d", "--init", "--name", head, "--network",
+                            network, "--network-alias", "head", *same_user, NOTEBOOK_IMAGE,
                             "bash", "-c", HEAD], check=True, capture_output=True)
             wait_until_ready(head)
             spark = make(url, name="big-join", kind="spark")
