@@ -33,7 +33,7 @@ from dockyard.models import (
 from dockyard.settings import Settings
 from dockyard.settings.job_pools import DEFAULT_POOL
 from spawner.clusters import CLUSTER_BACKENDS
-from spawner.clusters.commands import SPARK_MIN_WORKER_MEMORY_MB
+from spawner.clusters.commands import RAY_HEAD_MIN_MEMORY_MB, SPARK_MIN_WORKER_MEMORY_MB
 
 #: Pool backends that can host a cluster. "auto" is the default pool before the worker
 #: has decided (Docker when an engine answers); the worker refuses it if it turns local.
@@ -230,10 +230,16 @@ def _check_image_has(session: Session, reference: str, kind: ClusterKind,
 
 def head_size(size: ClusterSizeIn | Mapping[str, Any]) -> tuple[float, int]:
     """The head's CPUs and memory: one worker's (the Ray head runs tasks too, the Spark
-    master schedules)."""
+    master schedules), and for Ray at least ``RAY_HEAD_MIN_MEMORY_MB``: its head also runs
+    Ray's own services, which do not fit in a small worker's memory."""
     if isinstance(size, ClusterSizeIn):
-        return size.worker_cpu, size.worker_memory_mb
-    return float(size["worker_cpu"]), int(size["worker_memory_mb"])
+        kind, cpu, memory_mb = size.kind, size.worker_cpu, size.worker_memory_mb
+    else:
+        kind, cpu, memory_mb = (size["kind"], float(size["worker_cpu"]),
+                                int(size["worker_memory_mb"]))
+    if kind == "ray":
+        memory_mb = max(memory_mb, RAY_HEAD_MIN_MEMORY_MB)
+    return cpu, memory_mb
 
 
 # -- a user's own clusters ---------------------------------------------------------------

@@ -42,6 +42,11 @@ RAY_GCS_PORT, RAY_CLIENT_PORT, RAY_DASHBOARD_PORT = 6379, 10001, 8265
 SPARK_MASTER_PORT, SPARK_UI_PORT = 7077, 8080
 #: Ray refuses an object store below 75 MiB.
 RAY_MIN_OBJECT_STORE_MB = 80
+#: The smallest Ray head: besides its share of tasks it runs the GCS, the dashboard and
+#: its agents, the client server and a server process per connected Ray Client driver
+#: (about 0.9-1.2 GB in all while one driver is connected). At 1 GiB the kernel kills
+#: them one by one.
+RAY_HEAD_MIN_MEMORY_MB = 2048
 #: The heap of Spark's master and worker daemons (their own default is 1 GiB).
 SPARK_DAEMON_MEMORY_MB = 256
 #: Spark refuses an executor heap below 450 MiB.
@@ -227,6 +232,13 @@ def cluster_env(spec: ClusterSpec, role: str) -> dict[str, str]:
         "DOCKYARD_CLUSTER_ID": str(spec.cluster_id),
         "DOCKYARD_CLUSTER_KIND": spec.kind,
     }
+    if spec.kind == "ray":
+        # Ray's client server forks a server process per Ray Client connection while its
+        # gRPC threads run; gRPC's fork handlers then crash the child (a segfault in
+        # grpc's event engine) before it execs, and ray.init() fails with "Starting Ray
+        # client server failed". Every fork here is followed by an exec, so the handlers
+        # are not needed.
+        env["GRPC_ENABLE_FORK_SUPPORT"] = "false"
     if spec.kind == "spark":
         env["SPARK_DAEMON_MEMORY"] = f"{SPARK_DAEMON_MEMORY_MB}m"
         env["SPARK_WORKER_DIR"] = "/tmp/spark-work"  # the image's SPARK_HOME is not ours

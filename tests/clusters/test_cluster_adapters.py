@@ -115,6 +115,8 @@ def test_a_cluster_container_is_limited_hardened_and_on_its_network_only() -> No
     assert options["volumes"] == {"/srv/data": {"bind": "/dockyard/data", "mode": "rw"}}
     assert options["labels"]["dockyard.run-id"] == "3"
     assert options["environment"]["DOCKYARD_DATA_ROOT"] == "/dockyard/data"
+    # Ray's processes fork and exec; grpc's fork handlers crash such a child.
+    assert options["environment"]["GRPC_ENABLE_FORK_SUPPORT"] == "false"
     assert "healthcheck" not in options  # only the head probes
     # A worker that failed is restarted a few times; the head never is.
     assert options["restart_policy"] == {"Name": "on-failure", "MaximumRetryCount": 3}
@@ -140,6 +142,7 @@ def test_spark_ui_links_carry_dockyards_public_path() -> None:
     plain = container_options(spec("spark"), ROLE_HEAD, namespace="p", user="1000",
                               pids_limit=1)["environment"]
     assert "SPARK_MASTER_OPTS" not in plain
+    assert "GRPC_ENABLE_FORK_SUPPORT" not in plain
 
 
 def test_the_healthcheck_probes_often_while_starting() -> None:

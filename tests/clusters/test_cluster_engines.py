@@ -153,6 +153,12 @@ def test_a_ray_driver_sees_every_node_and_runs_a_task_on_each(
     wait_for(lambda: clusters.status(RAY_ID).busy is True, timeout=30,
              what="the head reporting a connected driver")
     assert drivers.finish(handle) == 0
+    # The next driver connects while the head's server for the first one is still
+    # winding down: each Ray Client connection forks a server in the head, and that fork
+    # must not crash (it did, in grpc's fork handlers, before Dockyard turned them off).
+    again = drivers.start(clusters, cluster_spec(RAY_ID, "ray"), RAY_DRIVER)
+    assert drivers.report(again)["nodes"] == 3
+    assert drivers.finish(again) == 0
     wait_for(lambda: clusters.status(RAY_ID).busy is False, timeout=60,
              what="the head reporting no driver")
 

@@ -123,16 +123,22 @@ def new(session: Session, limits: ClusterLimits, caller: User = ALICE, **body: o
 
 
 # -- refusals, each a field and a sentence ---------------------------------------------------
-def test_a_cluster_is_queued_with_the_default_image_and_a_head_the_size_of_a_worker(
+def test_a_cluster_is_queued_with_the_default_image_and_a_head_of_a_workers_size(
         session: Session, limits: ClusterLimits) -> None:
     cluster = new(session, limits, worker_cpu=0.5, worker_memory_mb=1024)
     assert (cluster.status, cluster.image, cluster.owner, cluster.backend) == (
         ClusterState.QUEUED, BOTH, "alice", "docker")
-    assert (cluster.head_cpu, cluster.head_memory_mb) == (0.5, 1024)
+    # A Ray head also runs Ray's own services: never below 2048 MB.
+    assert (cluster.head_cpu, cluster.head_memory_mb) == (0.5, 2048)
     shown = cluster_as_dict(cluster, viewer="alice")
     assert shown["status"] == "queued" and shown["kind"] == "ray"
     assert shown["dashboard"] is None  # not running yet
     assert shown["idle_timeout_seconds"] == 3600 and shown["run_id"] is None
+    large = new(session, limits, name="large", workers=1, worker_memory_mb=3072)
+    assert (large.head_cpu, large.head_memory_mb) == (1.0, 3072)
+    spark = new(session, limits, name="spark", kind="spark", workers=1,
+                worker_memory_mb=1024)
+    assert (spark.head_cpu, spark.head_memory_mb) == (1.0, 1024)
 
 
 def test_too_many_workers_is_refused_counting_live_clusters(
