@@ -326,10 +326,12 @@ def test_in_the_notebook_image_spark_and_ray_sessions_use_the_clusters(
             served_on(web_app(migrated), gateway) as url:
         head = f"{network}-head"
         try:
-            # --init as Dockyard's cluster containers have it: Ray's client server looks
+            # --init and grpc's fork handlers off, as Dockyard's Ray containers have them
+            # (cluster_env): Ray's client server forks a server per connection and looks
             # at its finished children, which only an init reaps.
             subprocess.run(["docker", "run", "-d", "--init", "--name", head, "--network",
-                            network, "--network-alias", "head", *same_user, NOTEBOOK_IMAGE,
+                            network, "--network-alias", "head", *same_user,
+                            "-e", "GRPC_ENABLE_FORK_SUPPORT=false", NOTEBOOK_IMAGE,
                             "bash", "-c", HEAD], check=True, capture_output=True)
             wait_until_ready(head)
             spark = make(url, name="big-join", kind="spark")
