@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 INSTALLED = $(VENV)/.installed
 ASSETS    = dockyard/web/static/vendor/.installed
 
-.PHONY: up test test-compose lint install assets images clean docs
+.PHONY: up test test-compose lint install assets images clean docs bench bench-quick
 
 up: install
 	$(BIN)/dockyard up
@@ -45,6 +45,14 @@ $(ASSETS): package.json package-lock.json
 
 images: install
 	$(BIN)/dockyard images build
+
+# Every benchmark in bench/, one at a time, against its raw baseline in the same run;
+# writes docs/benchmarks.md. bench-quick: each in its --quick mode (a few minutes each).
+bench: images
+	$(BIN)/python bench/run_all.py
+
+bench-quick: images
+	$(BIN)/python bench/run_all.py --quick
 
 clean:
 	rm -rf $(VENV) node_modules dockyard/web/static/vendor

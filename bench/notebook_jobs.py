@@ -45,6 +45,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.report import Results  # noqa: E402
 from dockyard.containers import container_gateway  # noqa: E402
 from dockyard.settings import Settings  # noqa: E402
 
@@ -260,7 +261,10 @@ def main() -> int:
     parser.add_argument("--image", default="dockyard/notebook:latest")
     parser.add_argument("--keep", action="store_true", help="keep the temporary home "
                         "(database, worker log, artifacts) and print where it is")
+    parser.add_argument("--quick", action="store_true", help="3 timed runs per side")
     args = parser.parse_args()
+    if args.quick:
+        args.runs = min(args.runs, 3)
 
     from dockyard.migrate import upgrade
     from dockyard.web import create_app
@@ -316,6 +320,14 @@ def main() -> int:
         print(f"\n  Dockyard / bare: {ratio:.2f}× (p50), {ratio95:.2f}× (p95)   goal ≤ 1.15× "
               f"on p50: {'met' if ratio <= 1.15 else 'NOT met'}")
         print(f"  both printed: {outputs['bare'].strip()}")
+        results = Results("notebook_jobs")
+        for name, fraction in (("p50", 50), ("p95", 95)):
+            results.add(f"{len(CELLS)}-cell notebook run as a job, {name}",
+                        percentile(times["dockyard"], fraction), unit="s",
+                        baseline=percentile(times["bare"], fraction),
+                        baseline_name="papermill in a bare container (SDK)",
+                        goal_ratio=1.15 if fraction == 50 else None)
+        results.write()
         print(f"  load average {os.getloadavg()[0]:.2f} at the end")
         return 0
     finally:

@@ -568,7 +568,8 @@ class Catalog:
                     raise BatchNotFound(f"{namespace}.{name} has no committed batch {batch_id}")
                 chosen = [batch]
             else:
-                chosen = self._visible_batches(session, table, as_of)
+                only = _whole_partitions(table, partitions)
+                chosen = self._visible_batches(session, table, as_of, only)
                 chosen = _select_partitions(table, chosen, partitions, as_of)
             views = [_batch_view(b, table) for b in chosen]
             batch_pks = [b.id for b in chosen]
@@ -767,20 +768,27 @@ class Catalog:
             except IntegrityError:
                 pass  # recorded by a concurrent load of the same run
 
-    def _visible_batches(self, session: Session, table: DataTable,
-                         as_of: datetime | None) -> list[Batch]:
+    def _visible_batches(self, session: Session, table: DataTable, as_of: datetime | None,
+                         only: list[str] | None = None) -> list[Batch]:
+        """The current batch (or the batch ``as_of`` a time) of every partition, or of
+        the partitions named in ``only``."""
         if as_of is None:
-            return list(session.scalars(
+            current = (
                 select(Batch).join(PartitionPointer, PartitionPointer.batch_id == Batch.id)
                 .where(PartitionPointer.table_id == table.id)
                 .order_by(PartitionPointer.partition)
-            ))
-        latest = (
+            )
+            if only is not None:
+                current = current.where(PartitionPointer.partition.in_(only))
+            return list(session.scalars(current))
+        latest_query = (
             select(func.max(PointerHistory.id).label("id"))
             .where(PointerHistory.table_id == table.id, PointerHistory.at <= as_of)
             .group_by(PointerHistory.partition)
-            .subquery()
         )
+        if only is not None:
+            latest_query = latest_query.where(PointerHistory.partition.in_(only))
+        latest = latest_query.subquery()
         return list(session.scalars(
             select(Batch)
             .join(PointerHistory, PointerHistory.batch_id == Batch.id)
@@ -790,9 +798,14 @@ class Catalog:
 
     def _history(self, session: Session, table: DataTable, *, partition: str | None = None,
                  limit: int = 1000, entry_ids: list[int] | None = None) -> list[HistoryView]:
+        # Columns, not entities: a history is up to thousands of rows, and loading whole
+        # batches would build an ORM object and parse three JSON columns for each.
         previous = aliased(Batch)
         query = (
-            select(PointerHistory, Batch, previous.batch_id)
+            select(PointerHistory.id, PointerHistory.partition, PointerHistory.action,
+                   Batch.batch_id, previous.batch_id, PointerHistory.actor,
+                   PointerHistory.run_id, PointerHistory.at, Batch.rows, Batch.bytes,
+                   Batch.run_id, Batch.created_by)
             .join(Batch, Batch.id == PointerHistory.batch_id)
             .outerjoin(previous, previous.id == PointerHistory.previous_batch_id)
             .where(PointerHistory.table_id == table.id)
@@ -805,9 +818,10 @@ class Catalog:
             query = query.where(PointerHistory.id.in_(entry_ids))
         rows = session.execute(query).all()
         return [
-            HistoryView(h.id, h.partition, h.action.value, b.batch_id, prev, h.actor, h.run_id,
-                        h.at, b.rows, b.bytes, b.run_id, b.created_by)
-            for h, b, prev in reversed(rows)
+            HistoryView(entry_id, partition_, action.value, batch_id, previous_id, actor_name,
+                        run_id, at, rows_, bytes_, batch_run_id, created_by)
+            for (entry_id, partition_, action, batch_id, previous_id, actor_name, run_id, at,
+                 rows_, bytes_, batch_run_id, created_by) in reversed(rows)
         ]
 
     def _table_views(self, session: Session, actor: Actor,
@@ -907,6 +921,27 @@ def _insert_once(session: Session, row: T, reread: Callable[[], T | None]) -> T:
         if existing is None:
             raise
         return existing
+
+
+# Up to this many whole partitions are looked up by name; a longer list reads the
+# table's partitions once instead of sending the database a list of that length.
+_MAX_NAMED_PARTITIONS = 500
+
+
+def _whole_partitions(table: DataTable,
+                      wanted: Sequence[Mapping[str, Any]] | None) -> list[str] | None:
+    """The canonical names of the partitions ``wanted`` selects, when each of its specs
+    gives every partition key: then a read looks up only those partitions instead of
+    every partition of the table. None when a spec is partial, or nothing is named."""
+    if not wanted or len(wanted) > _MAX_NAMED_PARTITIONS:
+        return None
+    whole = []
+    for spec in wanted:
+        values = names.partition_filter(table.partition_keys, spec)
+        if len(values) != len(table.partition_keys):
+            return None
+        whole.append(names.canonical(values))
+    return whole
 
 
 def _select_partitions(table: DataTable, batches: list[Batch],

@@ -21,6 +21,7 @@ its duties (the image catalog's builds, ``images.py``) get a turn.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 import time
@@ -50,7 +51,8 @@ log = logging.getLogger(__name__)
 
 #: Check every active run this often even when the engine sends events.
 SYNC_SECONDS = 5.0
-#: How often the worker's other duties (image builds) get a turn.
+#: How often the worker's other duties (image builds) get a turn, unless a duty says
+#: otherwise with a ``turn_seconds`` attribute.
 DUTY_SECONDS = 1.0
 
 
@@ -58,7 +60,8 @@ class WorkerDuty(Protocol):
     """Other work the worker process does between its runs (the image catalog's builds)."""
 
     def __call__(self, worker: Worker) -> object:
-        """One turn, every DUTY_SECONDS: start or look after work, without blocking."""
+        """One turn, every DUTY_SECONDS (or the duty's own ``turn_seconds``; 0: on every
+        pass of the loop): start or look after work, without blocking."""
         ...
 
     def reconcile(self, worker: Worker) -> None:
@@ -101,7 +104,7 @@ class Worker:
         self._last_sync = 0.0
         # Other work the worker process does between its runs (the image catalog's builds).
         self.duties = list(duties)
-        self._last_duty = 0.0
+        self._last_turns: dict[int, float] = {}  # id(duty) -> when it last had its turn
         # Called on every pass of the loop; /health reports a loop that stopped coming round.
         self.heartbeat: Callable[[], None] = lambda: None
         self._owners: dict[int, str | None] = {}  # run id -> owner, for log lines
@@ -169,13 +172,16 @@ class Worker:
         if self.claims.queue_has_work():
             for run_id in self.claims.claim():
                 self._submit(run_id, self.runs.start, run_id)
-        if self.duties and time.monotonic() - self._last_duty >= DUTY_SECONDS:
-            self._last_duty = time.monotonic()
-            for duty in self.duties:
-                try:
-                    duty(self)
-                except Exception:  # one duty's failure must not stop the runs
-                    log.exception("Worker duty %s failed", getattr(duty, "__name__", duty))
+        for duty in self.duties:
+            now = time.monotonic()
+            every = getattr(duty, "turn_seconds", DUTY_SECONDS)
+            if now - self._last_turns.get(id(duty), -math.inf) < every:
+                continue
+            self._last_turns[id(duty)] = now
+            try:
+                duty(self)
+            except Exception:  # one duty's failure must not stop the runs
+                log.exception("Worker duty %s failed", getattr(duty, "__name__", duty))
 
     def reconcile(self) -> None:
         """Compare this worker's unfinished runs with the jobs on every pool's engine, and
