@@ -62,3 +62,23 @@ def test_postgres_upgrade_matches_models(postgres_database: str) -> None:
     upgrade(postgres_database)  # a second upgrade (e.g. a second replica) is a no-op
     assert current_revision(postgres_database) is not None
     assert_no_drift(postgres_database)
+
+
+@pytest.mark.postgres
+def test_an_image_over_2_gib_is_kept_on_postgres(postgres_database: str) -> None:
+    # The notebook image passed 2 GiB; INTEGER overflowed and registering it was a 500.
+    from sqlalchemy.orm import Session
+
+    from dockyard.models import Image
+
+    upgrade(postgres_database)
+    engine = make_engine(postgres_database)
+    try:
+        with Session(engine) as session:
+            session.add(Image(reference="dockyard/notebook:big", size_bytes=3 * 2**30,
+                              created_by="admin"))
+            session.commit()
+            kept = session.query(Image.size_bytes).filter_by(reference="dockyard/notebook:big")
+            assert kept.scalar() == 3 * 2**30
+    finally:
+        engine.dispose()

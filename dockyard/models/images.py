@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Enum, ForeignKey, String, Text
+from sqlalchemy import JSON, BigInteger, Enum, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from dockyard.models.base import Base, utcnow
@@ -27,7 +27,8 @@ class Image(Base):
     reference: Mapped[str] = mapped_column(String(255), unique=True)
     digest: Mapped[str | None] = mapped_column(String(80))
     description: Mapped[str] = mapped_column(Text, default="")
-    size_bytes: Mapped[int | None]
+    # BIGINT: images pass 2 GiB (the notebook image is 2.17 GB), INTEGER's limit.
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     status: Mapped[ImageStatus] = mapped_column(
         Enum(ImageStatus, native_enum=False, length=20), default=ImageStatus.REGISTERED
     )
