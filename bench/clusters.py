@@ -151,11 +151,6 @@ class BenchIdentity:
         raise NotImplementedError
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
 def row(label: str, values: list[float]) -> str:
     return (f"  {label:<42} p50 {statistics.median(values):6.2f} s   max {max(values):6.2f} s"
             f"   (n={len(values)})")

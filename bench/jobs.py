@@ -38,7 +38,6 @@ and ``remove()``, as ``docker run --rm`` does. Only containers that exited 0 are
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import random
 import shutil
@@ -63,7 +62,7 @@ from sqlalchemy.engine import make_url
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.report import Results  # noqa: E402
+from bench.report import Results, percentile, summary  # noqa: E402
 from dockyard.models import ImageStatus  # noqa: E402
 from dockyard.settings import Settings  # noqa: E402
 from spawner.jobs.base import LABEL_NAMESPACE, LABEL_RUN_ID, JobSpec  # noqa: E402
@@ -77,19 +76,6 @@ RUN_BODY = {"command": ["true"], "cpu": CPU, "memory_mb": MEMORY_MB}
 FINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
 SUBMITTERS = 4
 RESULTS = Results("jobs")
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
-
-
-def summary(values: list[float]) -> str:
-    if not values:
-        return "no counted runs"
-    return (f"p50 {percentile(values, 0.5) * 1000:7.1f} ms   "
-            f"p95 {percentile(values, 0.95) * 1000:7.1f} ms   (n={len(values)})")
 
 
 def shipped(name: str) -> Any:
@@ -296,10 +282,10 @@ def one_at_a_time(ours: Dockyard, bare: BareDocker, removals: Removals, image: s
         else:
             our_failed += 1
             print(f"   run {run_id} not counted: {status}, reached RUNNING: {reached}")
-    print(f"   submit → started/RUNNING   SDK run(detach)   {summary(bare_running)}")
-    print(f"                              Dockyard          {summary(our_running)}")
-    print(f"   submit → removed           SDK run+wait+rm   {summary(bare_removed)}")
-    print(f"                              Dockyard          {summary(our_removed)}")
+    print(f"   submit → started/RUNNING   SDK run(detach)   {summary(bare_running, 'ms')}")
+    print(f"                              Dockyard          {summary(our_running, 'ms')}")
+    print(f"   submit → removed           SDK run+wait+rm   {summary(bare_removed, 'ms')}")
+    print(f"                              Dockyard          {summary(our_removed, 'ms')}")
     if bare_failed or our_failed:
         print(f"   not counted: {bare_failed} bare, {our_failed} Dockyard")
     if not (bare_running and our_running):
@@ -450,26 +436,26 @@ def pages(ours: Dockyard, rows: int, requests_each: int) -> None:
                          "LIMIT 50", [(USER,)] * requests_each)
     raw_run = timed_sql(ours.db, "SELECT * FROM runs WHERE id = %s",
                         [(run_id,) for run_id in run_ids])
-    print(f"   raw SQL, the user's newest 50   {summary(raw_list)}")
-    print(f"   raw SQL, one run by id          {summary(raw_run)}")
+    print(f"   raw SQL, the user's newest 50   {summary(raw_list, 'ms')}")
+    print(f"   raw SQL, one run by id          {summary(raw_run, 'ms')}")
     worst_name, worst = "", 0.0
     for name, urls in lists.items():
         times = timed_gets(session, urls, ours.headers)
-        print(f"   API runs list, {name:<17}{summary(times)}")
+        print(f"   API runs list, {name:<17}{summary(times, 'ms')}")
         if percentile(times, 0.95) >= worst:
             worst_name, worst = name, percentile(times, 0.95)
     everyone = timed_gets(session, api_list("limit=50"), ours.admin_headers)
-    print(f"   API runs list, admin, everyone  {summary(everyone)}")
+    print(f"   API runs list, admin, everyone  {summary(everyone, 'ms')}")
     if percentile(everyone, 0.95) >= worst:
         worst_name, worst = "admin, everyone", percentile(everyone, 0.95)
     list_page = timed_gets(session, [hub.service("jobs/")] * requests_each, ours.headers)
-    print(f"   runs list page (HTML)           {summary(list_page)}")
+    print(f"   runs list page (HTML)           {summary(list_page, 'ms')}")
     run_api = timed_gets(session, [hub.service(f"api/v1/runs/{i}") for i in run_ids],
                          ours.headers)
-    print(f"   API one run                     {summary(run_api)}")
+    print(f"   API one run                     {summary(run_api, 'ms')}")
     run_page = timed_gets(session, [hub.service(f"jobs/runs/{i}") for i in run_ids],
                           ours.headers)
-    print(f"   run page (HTML)                 {summary(run_page)}")
+    print(f"   run page (HTML)                 {summary(run_page, 'ms')}")
 
     note = f"{rows:,} runs in PostgreSQL, {requests_each} requests each"
     list_sql = "raw SQL: the user's newest 50 runs"

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import secrets
@@ -59,7 +58,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.report import Results  # noqa: E402
+from bench.report import Results, percentile  # noqa: E402
 from dockyard.containers import container_gateway  # noqa: E402
 from dockyard.settings import Settings  # noqa: E402
 from hub.hubconfig import proxy_command  # noqa: E402
@@ -76,12 +75,6 @@ LAB_SPLASH = "#jupyterlab-splash"
 IN_THE_WAY = ("#start", "#spawn_form [type=submit]")
 RUN_LIMIT_MS = 240_000
 STOCK_REQUIREMENTS = ["jupyterhub>=6,<7", "dockerspawner>=14,<15"]
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
 def docker_time(stamp: str) -> float:

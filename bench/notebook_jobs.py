@@ -45,7 +45,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.report import Results  # noqa: E402
+from bench.report import Results, percentile  # noqa: E402
 from dockyard.containers import container_gateway  # noqa: E402
 from dockyard.settings import Settings  # noqa: E402
 
@@ -100,14 +100,9 @@ def printed(executed: bytes) -> str:
                    for output in cell.get("outputs", []) if output.get("output_type") == "stream")
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
 def row(label: str, values: list[float]) -> str:
-    return (f"  {label:<30} p50 {percentile(values, 50):6.2f} s   p95 "
-            f"{percentile(values, 95):6.2f} s   max {max(values):6.2f} s   (n={len(values)})")
+    return (f"  {label:<30} p50 {percentile(values, 0.5):6.2f} s   p95 "
+            f"{percentile(values, 0.95):6.2f} s   max {max(values):6.2f} s   (n={len(values)})")
 
 
 # -- the baseline: papermill in a bare container -------------------------------------------
@@ -315,18 +310,18 @@ def main() -> int:
         print(row("Dockyard notebook job", times["dockyard"]))
         print(row("  of which queued → RUNNING", waits))
         print(row("  of which RUNNING → ended", lives))
-        ratio = percentile(times["dockyard"], 50) / percentile(times["bare"], 50)
-        ratio95 = percentile(times["dockyard"], 95) / percentile(times["bare"], 95)
+        ratio = percentile(times["dockyard"], 0.5) / percentile(times["bare"], 0.5)
+        ratio95 = percentile(times["dockyard"], 0.95) / percentile(times["bare"], 0.95)
         print(f"\n  Dockyard / bare: {ratio:.2f}× (p50), {ratio95:.2f}× (p95)   goal ≤ 1.15× "
               f"on p50: {'met' if ratio <= 1.15 else 'NOT met'}")
         print(f"  both printed: {outputs['bare'].strip()}")
         results = Results("notebook_jobs")
-        for name, fraction in (("p50", 50), ("p95", 95)):
+        for name, fraction in (("p50", 0.5), ("p95", 0.95)):
             results.add(f"{len(CELLS)}-cell notebook run as a job, {name}",
                         percentile(times["dockyard"], fraction), unit="s",
                         baseline=percentile(times["bare"], fraction),
                         baseline_name="papermill in a bare container (SDK)",
-                        goal_ratio=1.15 if fraction == 50 else None)
+                        goal_ratio=1.15 if fraction == 0.5 else None)
         results.write()
         print(f"  load average {os.getloadavg()[0]:.2f} at the end")
         return 0

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import signal
@@ -45,7 +44,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.report import Results  # noqa: E402
+from bench.report import Results, percentile, summary  # noqa: E402
 from dockyard.settings import Settings  # noqa: E402
 
 IMAGE = "debian:bookworm-slim"
@@ -57,19 +56,6 @@ POOLS: dict[str, float | None] = {"swarm": None, "swarm-2s": 2.0}
 FINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
 TASK_ENDED = ("complete", "failed", "shutdown", "rejected", "orphaned", "remove")
 RESULTS = Results("pools")
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
-
-
-def summary(values: list[float]) -> str:
-    if not values:
-        return "no counted runs"
-    return (f"p50 {percentile(values, 0.5):5.2f} s   p95 {percentile(values, 0.95):5.2f} s   "
-            f"(n={len(values)})")
 
 
 def _epoch(text: str) -> float:

@@ -16,12 +16,29 @@ A benchmark prints its own report as before and also records its figures::
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 RESULTS_ENV = "DOCKYARD_BENCH_RESULTS"
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile: the smallest sample with ``fraction`` of all at or below
+    it (``percentile(times, 0.95)`` is a p95 that one sample in twenty may exceed)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(round(fraction * len(ordered), 9)) - 1)]
+
+
+def summary(values: list[float], unit: str = "s") -> str:
+    """``p50 … p95 … (n=…)`` of seconds, shown in ``unit`` (``s`` or ``ms``)."""
+    if not values:
+        return "no counted runs"
+    scale, width = (1000, 7.1) if unit == "ms" else (1, 6.2)
+    return (f"p50 {percentile(values, 0.5) * scale:{width}f} {unit}   "
+            f"p95 {percentile(values, 0.95) * scale:{width}f} {unit}   (n={len(values)})")
 
 #: ``lower``: a time or a size, smaller is better (goal: ratio ≤ goal_ratio).
 #: ``higher``: a rate, larger is better (goal: ratio ≥ goal_ratio).

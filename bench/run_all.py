@@ -132,7 +132,8 @@ def figure_row(figure: Figure) -> str:
 
 
 def document(figures: list[Figure], outcomes: list[Outcome], quick: bool,
-             when: dt.datetime, facts: dict[str, str], provenance: str = "") -> str:
+             when: dt.datetime, facts: dict[str, str], provenance: str = "",
+             pending: list[str] | None = None) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -164,12 +165,21 @@ def document(figures: list[Figure], outcomes: list[Outcome], quick: bool,
             why = "timed out" if outcome.exit_code is None else f"exit code {outcome.exit_code}"
             lines += [f"### {outcome.bench}: {why} after {outcome.seconds:.0f} s", "",
                       "```", outcome.tail, "```", ""]
+    if pending:
+        lines += ["", "## Not measured yet", "",
+                  "The run was still going (or was stopped) before these: "
+                  + ", ".join(f"`{name}`" for name in pending) + ".", ""]
     lines += ["", "## What each benchmark does", ""]
     for outcome in outcomes:
         took = f", {outcome.seconds:.0f} s" if outcome.seconds else ""
         lines += [f"### {outcome.bench} (`bench/{outcome.bench}.py`{took})",
                   "", docstring(outcome.bench), ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def main() -> int:
@@ -192,15 +202,20 @@ def main() -> int:
         figures = [f for path in args.figures for f in read_figures(path)]
         recorded = {f.bench for f in figures}
         outcomes = [Outcome(name, 0.0, 0, "") for name in names if name in recorded]
+        write(args.output, document(figures, outcomes, args.quick, when, machine(),
+                                    args.provenance))
     else:
         timeout = TIMEOUT_SECONDS["quick" if args.quick else "full"]
+        facts = machine()
         with tempfile.TemporaryDirectory() as scratch:
             results = Path(scratch) / "figures.jsonl"
-            outcomes = [run_one(name, args.quick, results, timeout) for name in names]
-            figures = read_figures(results)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(document(figures, outcomes, args.quick, when, machine(),
-                                    args.provenance))
+            outcomes = []
+            for index, name in enumerate(names):
+                outcomes.append(run_one(name, args.quick, results, timeout))
+                # After each benchmark, so that a long run stopped half way still leaves
+                # what it measured.
+                write(args.output, document(read_figures(results), outcomes, args.quick,
+                                            when, facts, pending=names[index + 1:]))
     print(f"\nwrote {args.output}")
     return 0 if all(o.exit_code == 0 for o in outcomes) else 1
 

@@ -38,7 +38,6 @@ Goal: 100 idle servers on a 2-core / 24 GB machine with the hub API p95 ≤ 100 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import secrets
@@ -61,7 +60,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.report import Results  # noqa: E402
+from bench.report import Results, percentile  # noqa: E402
 from tests.support.hubproc import RunningHub, start_hub  # noqa: E402
 
 PROFILE = "small"
@@ -76,12 +75,6 @@ KEEP_ALIVE_SECONDS = 15.0
 FIRST_GUESS_MB = 400.0
 MIN_GUESS_MB = 150.0
 MB = 1024 * 1024
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
 def mem_available_bytes() -> int:

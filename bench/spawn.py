@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import secrets
 import shutil
@@ -51,9 +50,10 @@ import docker
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.report import Results  # noqa: E402
+from bench.report import Results, percentile  # noqa: E402
 from dockyard.containers import container_gateway  # noqa: E402
 from dockyard.settings import Settings  # noqa: E402
+from spawner.notebooks.docker import server_answers  # noqa: E402
 from tests.support.hubproc import RunningHub, start_hub  # noqa: E402
 
 BARE_LABEL = "dockyard.bench"
@@ -63,41 +63,16 @@ SINGLE_GOAL = 1.15
 BURST_GOAL = 1.2
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
-
-
 def ready_path(user: str) -> str:
     """What both sides ask until it answers 200: the user's server's version endpoint."""
     return f"/user/{user}/api"
 
 
-async def answers_200(host: str, port: int, path: str) -> bool:
-    """Does ``GET path`` without credentials answer 200 (a redirect does not count)? A
-    refused connect costs microseconds, so the probe stays cheap while nothing listens,
-    even with many servers starting at once on two cores."""
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=2)
-    except (TimeoutError, OSError):
-        return False
-    try:
-        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n".encode())
-        await writer.drain()
-        status_line = await asyncio.wait_for(reader.readline(), timeout=60)
-    except (TimeoutError, OSError):
-        return False
-    finally:
-        writer.close()
-    parts = status_line.split()
-    return len(parts) >= 2 and parts[1] == b"200"
-
-
 async def wait_for_200(host: str, port: int, path: str, started: float, what: str) -> float:
     """Seconds since ``started`` until ``path`` answers 200, asked every 10 ms."""
     while time.perf_counter() - started < READY_LIMIT:
-        if await answers_200(host, port, path):
+        # Without credentials: a redirect (the proxy's or the hub's) does not count.
+        if await server_answers(host, port, path, accept=lambda status: status == 200):
             return time.perf_counter() - started
         await asyncio.sleep(PROBE_SECONDS)
     raise TimeoutError(f"{what} did not answer 200 on {host}:{port}{path}")

@@ -53,7 +53,7 @@ from bench.catalog_service import (  # noqa: E402
     running_dockyard,
     stop_on_sigterm,
 )
-from bench.report import Results  # noqa: E402
+from bench.report import Results, percentile  # noqa: E402
 
 NAMESPACE = "scale"
 LOAD_GOAL_RATIO = 1.2
@@ -68,12 +68,6 @@ HISTORY_SQL = (
     "JOIN batches b ON b.id = h.batch_id LEFT JOIN batches p ON p.id = h.previous_batch_id "
     'WHERE h.table_id = ? AND h."partition" = ? ORDER BY h.id DESC LIMIT ?'
 )
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    """Nearest rank."""
-    ordered = sorted(samples)
-    return ordered[max(0, -(-round(fraction * 100) * len(ordered) // 100) - 1)]
 
 
 class Seeder:

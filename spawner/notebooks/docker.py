@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import tarfile
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import Any
@@ -518,9 +518,11 @@ class DockyardDockerSpawner(DockerSpawner):
         self._progress.start_over()
 
 
-async def server_answers(ip: str, port: int, path: str) -> bool:
-    """Does the server answer? A refused connect costs microseconds, so probe with that;
-    once the port accepts, one HTTP request waits for the server's first answer."""
+async def server_answers(ip: str, port: int, path: str,
+                         accept: Callable[[int], bool] = lambda status: status < 500) -> bool:
+    """Does the server answer ``GET path`` with a status ``accept`` takes (by default any
+    but a server error)? A refused connect costs microseconds, so probe with that; once
+    the port accepts, one HTTP request waits for the server's first answer."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout=2)
     except (TimeoutError, OSError):
@@ -534,5 +536,5 @@ async def server_answers(ip: str, port: int, path: str) -> bool:
     finally:
         writer.close()
     parts = status_line.split()
-    return len(parts) >= 2 and parts[1].isdigit() and int(parts[1]) < 500
+    return len(parts) >= 2 and parts[1].isdigit() and accept(int(parts[1]))
 
