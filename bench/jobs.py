@@ -95,6 +95,7 @@ class Removals:
         self.namespaces = set(namespaces)
         self.at: dict[int, float] = {}
         self.changed = threading.Condition()
+        self.ended: Exception | None = None
         self.client = docker.from_env(timeout=None)
         self.events = self.client.api.events(
             decode=True, filters={"type": "container", "event": ["destroy"]})
@@ -105,13 +106,15 @@ class Removals:
         try:
             for event in self.events:
                 attributes = (event.get("Actor") or {}).get("Attributes") or {}
-                if attributes.get(LABEL_NAMESPACE) not in self.namespaces:
+                # The namespace also marks the worker's image inspection containers.
+                if attributes.get(LABEL_NAMESPACE) not in self.namespaces \
+                        or LABEL_RUN_ID not in attributes:
                     continue
                 with self.changed:
                     self.at[int(attributes[LABEL_RUN_ID])] = event["timeNano"] / 1e9
                     self.changed.notify_all()
-        except Exception:  # the stream closed: the bench is ending
-            return
+        except Exception as exc:  # the stream closed: the bench is ending
+            self.ended = exc
 
     def close(self) -> None:
         try:
@@ -184,8 +187,13 @@ class Dockyard:
                     "status = ANY(%s)", (list(pending), list(FINAL))).fetchall()
                 pending -= {row[0] for row in ended}
             if time.monotonic() > deadline:
+                states = self.db.execute(
+                    "SELECT id, status, engine_handle, reason FROM runs "
+                    "WHERE id = ANY(%s) ORDER BY id LIMIT 5", (list(pending),)).fetchall()
                 raise TimeoutError(f"{len(pending)} runs still had a container after "
-                                   f"{timeout:.0f} s:\n{self.hub.log_tail()}")
+                                   f"{timeout:.0f} s (first: {states}; the engine's "
+                                   f"events: {removals.ended or 'followed'}):\n"
+                                   f"{self.hub.log_tail()}")
         return max((removals.at[i] for i in ids if i in removals.at), default=time.time())
 
     def close(self) -> None:

@@ -29,6 +29,7 @@ from dockyard.jobs import notebooks, schedules
 from dockyard.jobs.artifacts import ArtifactStore
 from dockyard.jobs.notebooks import HomeFileMissing, HomeFiles, NotebookFile
 from dockyard.jobs.pools import PoolPolicy
+from dockyard.jobs.queue_signal import CHANNEL as _QUEUED_RUNS_CHANNEL  # noqa: F401
 from dockyard.jobs.schemas import (
     BackfillIn,
     DefinitionIn,

@@ -216,7 +216,9 @@ class Settings(BaseSettings):
     max_runs_per_user: int = Field(4, ge=1, description="Runs executing at once for one user.")
     worker_poll_seconds: float = Field(
         0.25, gt=0, le=60, description="How often the worker looks for queued runs "
-        "(a cheap indexed query; this bounds the wait between submit and start)."
+        "(a cheap indexed query). On PostgreSQL a submit also wakes the worker at once "
+        "(NOTIFY); this bounds the wait between submit and start on SQLite, or when a "
+        "notification is lost."
     )
     worker_name: str = Field(
         "", max_length=128, description="Name of this worker, recorded on the runs it "

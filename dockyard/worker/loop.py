@@ -33,6 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from dockyard.db import make_engine, make_session_factory, write_sessions
+from dockyard.jobs.queue_signal import start_listening
 from dockyard.jobs.states import deadline_of
 from dockyard.jobs.tokens import token_key
 from dockyard.logs import log_context
@@ -117,6 +118,8 @@ class Worker:
             except Exception as exc:  # engine or database not there yet: wait, never guess
                 log.warning("Cannot reconcile yet (%s); trying again in 5 s", exc)
                 stop.wait(5)
+        if self.db_engine.dialect.name == "postgresql":  # a submit wakes the loop at once
+            start_listening(self.settings.db_url, self.wake.set, stop)
         for pool in self.pools:
             if pool.backend.has_events:
                 threading.Thread(target=pool.backend.watch, args=(self.notify, stop),

@@ -67,6 +67,10 @@ MIN_SLEEP_SECONDS = 0.02
 #: Due schedules fired per transaction: the loop claims the first runs while the next
 #: are fired (on SQLite the firing holds the write lock).
 SCHEDULES_PER_TRANSACTION = 50
+#: On SQLite, the pause between two such transactions. A writer waiting for the lock
+#: sleeps in SQLite's busy handler (up to 100 ms at a time) and would miss a shorter gap:
+#: without it the loop claimed nothing until all 1,000 schedules of a tick were fired.
+SQLITE_HANDOFF_SECONDS = 0.12
 #: Rows one pass takes from each scan; the rest wait for the next pass (which a worker
 #: starts after its usual sleep, at most IDLE_SECONDS).
 SCAN_LIMIT = 500
@@ -217,6 +221,8 @@ class TriggerThread:
             if (len(rows) < SCHEDULES_PER_TRANSACTION or len(definitions) < len(rows)
                     or self._stop.is_set()):
                 return queued
+            if queued and not self.context.on_postgres:
+                self._stop.wait(SQLITE_HANDOFF_SECONDS)  # the loop's turn at the lock
 
     def _fire_schedule(self, session: Session, definition: JobDefinition, ticks: _Ticks,
                        now: datetime) -> int:
@@ -319,6 +325,9 @@ class TriggerThread:
     # -- after a run ---------------------------------------------------------------------
     def fire_after_runs(self) -> int:
         position = self._cursor("after")
+        if self._nobody_follows("after", JobDefinition.after_definition_id, RunEvent.id,
+                                position):
+            return 0
         since = utcnow() - timedelta(seconds=RESCAN_SECONDS)
         with self.context.reads() as session:
             final = select(RunEvent.id, RunEvent.run_id, RunEvent.at).where(
@@ -361,6 +370,22 @@ class TriggerThread:
             self._advance_cursor(session, "after", last)
         return queued
 
+    def _nobody_follows(self, name: str, follows: Any, scanned: Any, position: int) -> bool:
+        """Does no unpaused definition follow what the scan ``name`` reads? Then there is
+        nothing to fire, and the scan (and a write each pass, while 1,000 runs end) is
+        skipped. The cursor still moves on, once it is a scan behind: a definition made
+        later starts from it and leaves out what happened before it was made, so a
+        lagging cursor costs one scan, never a wrong fire."""
+        with self.context.reads() as session:
+            if session.scalar(select(JobDefinition.id).where(
+                    follows.is_not(None), JobDefinition.paused.is_(False)).limit(1)):
+                return False
+            end = int(session.scalar(select(func.max(scanned))) or 0)
+        if end - position > SCAN_LIMIT:
+            with transaction(self.context.writes) as session:
+                self._advance_cursor(session, name, end)
+        return True
+
     @staticmethod
     def _scan(session: Session, query: Any, id_column: Any, at_column: Any, position: int,
               since: datetime) -> list[Any]:
@@ -400,6 +425,9 @@ class TriggerThread:
     # -- new data ------------------------------------------------------------------------
     def fire_batches(self) -> int:
         position = self._cursor("batches")
+        if self._nobody_follows("batches", JobDefinition.on_batch_table_id, PointerHistory.id,
+                                position):
+            return 0
         since = utcnow() - timedelta(seconds=RESCAN_SECONDS)
         with self.context.reads() as session:
             commits = (

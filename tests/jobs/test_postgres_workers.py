@@ -125,3 +125,39 @@ def test_two_workers_never_dispatch_the_same_run(postgres_url: str, tmp_path: Pa
         peak_total = max(peak_total, sum(active.values()))
         peak_user = max(peak_user, *active.values()) if active else peak_user
     assert peak_total <= 6 and peak_user <= 3
+
+
+def test_a_queued_run_wakes_an_idle_worker_without_waiting_for_its_poll(
+        postgres_url: str, tmp_path: Path) -> None:
+    """PostgreSQL tells the worker about a queued run (NOTIFY at the run's commit), so an
+    idle worker whose poll is a minute away starts it at once."""
+    from dockyard.jobs.schemas import JobLimits, RunIn
+
+    settings = Settings(home=tmp_path, database_url=postgres_url, job_backend="local",
+                        job_namespace="jtwake", worker_poll_seconds=60)
+    add_images(postgres_url, (SHELL_IMAGE, True, ImageStatus.READY))
+    engine = make_engine(postgres_url)
+    sessions = make_session_factory(engine)
+    backend = LocalJobBackend("jtwake", "http://127.0.0.1:9/", root=tmp_path / "jobs-local")
+    worker = Worker(settings, backend=backend, name="w-idle")
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        time.sleep(3)  # reconciled, first passes done, listening: the next poll is ~60 s off
+        with sessions() as session:
+            run = create_run(session, User("alice"), RunIn(image=SHELL_IMAGE, command=["true"]),
+                             JobLimits.from_settings(settings))
+        submitted = time.monotonic()
+        status = RunState.QUEUED
+        while time.monotonic() - submitted < 15 and status == RunState.QUEUED:
+            time.sleep(0.05)
+            with sessions() as session:
+                status = session.scalar(select(Run.status).where(Run.id == run.id))
+        assert status != RunState.QUEUED, "the worker waited for its poll"
+    finally:
+        stop.set()
+        worker.wake.set()
+        thread.join(timeout=30)
+        worker.close()
+        engine.dispose()

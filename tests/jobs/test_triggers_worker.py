@@ -40,6 +40,7 @@ from dockyard.models import (
 )
 from dockyard.settings import Settings
 from dockyard.web.auth import User
+from dockyard.worker.triggers import IDLE_SECONDS
 from tests.data.conftest import served
 from tests.data.helpers import write_batch_files
 from tests.jobs.conftest import eventually, log_file, unique_namespace
@@ -409,13 +410,16 @@ def test_a_trigger_added_by_an_edit_does_not_fire_for_earlier_batches(
         return began.batch_id, int(last)
 
     try:
-        # The definition exists first, without a trigger; the worker scans past a batch.
+        # The definition exists first, without a trigger. With nobody following new
+        # batches the worker does not scan them (nor write its cursor on every pass): the
+        # cursor stays before the earlier batch, which the first scan will therefore see.
         commit("0")
         definition_id = site.add_definition("edited", "true")
         site.start_worker()
-        eventually(lambda: site_cursor(site, "batches") > 0, timeout=30)
+        start = eventually(lambda: site_cursor(site, "batches"), timeout=30)
         earlier, position = commit("1")
-        eventually(lambda: site_cursor(site, "batches") >= position, timeout=30)
+        time.sleep(3 * IDLE_SECONDS)  # passes of the worker's trigger thread
+        assert start <= site_cursor(site, "batches") < position
         # The edit that adds on_batch, as the service saves it (that batch is still in the
         # window the worker looks at again).
         with site.sessions() as session:
