@@ -81,7 +81,8 @@ class Figure:
         if self.goal_ratio is not None:
             parts.append(f"{sign} {self.goal_ratio:g}×")
         if self.goal_value is not None:
-            parts.append(f"{sign} {self.goal_value:g} {self.unit}")
+            # Three significant digits, never an exponent: 41.8 s, 0.498 s, 1,000 runs.
+            parts.append(f"{sign} {float(f'{self.goal_value:.3g}'):,g} {self.unit}")
         return " and ".join(parts)
 
 

@@ -37,7 +37,7 @@ def _notify_queued_runs(session: Session, _flush_context: Any) -> None:
     # session.new still lists what this flush inserted.
     if not any(isinstance(obj, Run) and obj.status == RunState.QUEUED for obj in session.new):
         return
-    connection = session.connection()
+    connection = session.connection(bind_arguments={"mapper": Run})
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(f"NOTIFY {CHANNEL}")
 
@@ -45,18 +45,28 @@ def _notify_queued_runs(session: Session, _flush_context: Any) -> None:
 def listen_for_queued_runs(database_url: str, wake: Callable[[], None],
                            stop: threading.Event) -> None:
     """Call ``wake`` whenever a run is queued, until ``stop`` is set (PostgreSQL only)."""
-    url = make_url(database_url).set(drivername="postgresql")
-    conninfo = url.render_as_string(hide_password=False)
+    url = make_url(database_url)
+    # The connection parameters exactly as SQLAlchemy's own connections get them (query
+    # options included); TCP keepalives so that a silently dropped connection is noticed
+    # and made again, rather than waited on for ever.
+    _, params = url.get_dialect()().create_connect_args(url)
+    params.update(keepalives=1, keepalives_idle=30, keepalives_interval=10,
+                  keepalives_count=3)
+    failing = False
     while not stop.is_set():
         try:
-            with psycopg.connect(conninfo, autocommit=True) as connection:
+            with psycopg.connect(**params, autocommit=True) as connection:
                 connection.execute(f"LISTEN {CHANNEL}")
+                failing = False
                 wake()  # anything queued while this connection was being made
                 while not stop.is_set():
                     for _ in connection.notifies(timeout=LISTEN_TURN_SECONDS):
                         wake()
         except (psycopg.Error, OSError) as exc:
-            log.info("Not listening for queued runs (%s); polling meanwhile", exc)
+            # Said once per outage: the poll keeps runs moving meanwhile.
+            (log.debug if failing else log.warning)(
+                "Not listening for queued runs (%s); polling meanwhile", exc)
+            failing = True
             stop.wait(RECONNECT_SECONDS)
 
 

@@ -21,6 +21,8 @@ from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+# For its effect: any session that queues a run wakes the worker (NOTIFY on PostgreSQL).
+import dockyard.jobs.queue_signal  # noqa: F401
 from dockyard.clusters.schemas import ClusterSizeIn
 from dockyard.clusters.service import check_cluster_request
 from dockyard.errors import Conflict, NotFound
@@ -29,7 +31,6 @@ from dockyard.jobs import notebooks, schedules
 from dockyard.jobs.artifacts import ArtifactStore
 from dockyard.jobs.notebooks import HomeFileMissing, HomeFiles, NotebookFile
 from dockyard.jobs.pools import PoolPolicy
-from dockyard.jobs.queue_signal import CHANNEL as _QUEUED_RUNS_CHANNEL  # noqa: F401
 from dockyard.jobs.schemas import (
     BackfillIn,
     DefinitionIn,
@@ -255,9 +256,10 @@ def _trigger_values(session: Session, owner: str, body: DefinitionIn, limits: Jo
                                               body.on_batch.partition)
             values["on_batch_table_id"] = table.id
         values["on_batch"] = body.on_batch.model_dump()
-    if current is None or (values["after"], values["on_batch"]) != (current.after,
-                                                                    current.on_batch):
-        # The new after/on_batch answer to what happens from now on only.
+    resumed = current is not None and current.paused and not values["paused"]
+    if current is None or resumed or (values["after"], values["on_batch"]) != (
+            current.after, current.on_batch):
+        # New (or resumed) after/on_batch triggers answer to what happens from now on only.
         values["triggers_since"] = utcnow() if values["after"] or values["on_batch"] else None
     if not problems:
         values["next_fire_at"] = _next_fire_at(values["schedule"], values["paused"], utcnow())
@@ -379,6 +381,9 @@ def pause_definition(session: Session, caller: Caller, definition_id: int) -> Jo
 def resume_definition(session: Session, caller: Caller, definition_id: int) -> JobDefinition:
     """Fire again from the next tick after now: ticks passed while paused are not made up."""
     definition = get_definition(session, caller, definition_id)
+    if definition.paused and (definition.after or definition.on_batch):
+        # Upstream run ends and batches that came while paused are never fired.
+        definition.triggers_since = utcnow()
     definition.paused = False
     definition.next_fire_at = _next_fire_at(definition.schedule, False, utcnow())
     session.commit()

@@ -371,14 +371,14 @@ class TriggerThread:
         return queued
 
     def _nobody_follows(self, name: str, follows: Any, scanned: Any, position: int) -> bool:
-        """Does no unpaused definition follow what the scan ``name`` reads? Then there is
-        nothing to fire, and the scan (and a write each pass, while 1,000 runs end) is
-        skipped. The cursor still moves on, once it is a scan behind: a definition made
-        later starts from it and leaves out what happened before it was made, so a
-        lagging cursor costs one scan, never a wrong fire."""
+        """Does no definition follow what the scan ``name`` reads? Then there is nothing
+        to fire, and the scan (and a write each pass, while 1,000 runs end) is skipped.
+        The cursor still moves on, once it is a scan behind: a definition made later
+        leaves out what happened before it was made, so a lagging cursor costs one scan,
+        never a wrong fire. A paused follower counts as following: the scans go on past
+        what happens while it is paused, which is never fired after it resumes."""
         with self.context.reads() as session:
-            if session.scalar(select(JobDefinition.id).where(
-                    follows.is_not(None), JobDefinition.paused.is_(False)).limit(1)):
+            if session.scalar(select(JobDefinition.id).where(follows.is_not(None)).limit(1)):
                 return False
             end = int(session.scalar(select(func.max(scanned))) or 0)
         if end - position > SCAN_LIMIT:

@@ -24,7 +24,7 @@ from dockyard.data import Actor, Catalog
 from dockyard.db import make_engine, make_session_factory
 from dockyard.jobs.schedules import next_fire_time
 from dockyard.jobs.schemas import JobLimits, RunIn
-from dockyard.jobs.service import create_run
+from dockyard.jobs.service import create_run, resume_definition
 from dockyard.models import (
     FINAL_STATES,
     Backfill,
@@ -331,6 +331,27 @@ def test_an_after_run_chain_of_three(sqlite_site: Installation) -> None:
     assert "Worker stopped" in site.worker_log()
 
 
+def test_a_run_that_ends_while_its_follower_is_paused_never_fires_it(
+        sqlite_site: Installation) -> None:
+    site = sqlite_site
+    upstream = site.add_definition("up", "true")
+    follower = site.add_definition("follows", "true", paused=True,
+                                   after={"definition_id": upstream, "on": "succeeded"},
+                                   after_definition_id=upstream)
+    site.start_worker()
+    while_paused = site.submit("", upstream)
+    assert site.wait_final(while_paused).status == RunState.SUCCEEDED
+    time.sleep(3 * IDLE_SECONDS)  # passes of the trigger thread while it is paused
+    with site.sessions() as session:  # resumed as the API and the page do it
+        resume_definition(session, User("alice"), follower)
+    after_resume = site.submit("", upstream)
+    fired = eventually(lambda: site.runs(follower), timeout=60)
+    # Only the run that ended after the resume; the one that ended within the trigger
+    # thread's look-back window but while paused is never fired.
+    assert [run.trigger["run_id"] for run in fired] == [after_resume]
+    assert [f.key for f in site.fires(follower)] == [f"after:{after_resume}"]
+
+
 # -- new data ----------------------------------------------------------------------------
 STORE = ("import pandas as pd; from dockyard_data import Client; "
          "print(Client().store_dataframe(pd.DataFrame({'x': [1, 2]}), 'sales', 'orders', "
@@ -420,8 +441,8 @@ def test_a_trigger_added_by_an_edit_does_not_fire_for_earlier_batches(
         earlier, position = commit("1")
         time.sleep(3 * IDLE_SECONDS)  # passes of the worker's trigger thread
         assert start <= site_cursor(site, "batches") < position
-        # The edit that adds on_batch, as the service saves it (that batch is still in the
-        # window the worker looks at again).
+        # The edit that adds on_batch, as the service saves it: the worker's first scan
+        # after it reads the earlier batch too.
         with site.sessions() as session:
             table_id = session.scalar(select(DataTable.id).where(DataTable.name == "views"))
             session.execute(update(JobDefinition).where(JobDefinition.id == definition_id)
